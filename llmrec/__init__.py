@@ -1,0 +1,3 @@
+"""llmrec: recommend with language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""Candidate generators: fit on training sequences, return each user's top-k unseen items.
+
+Every generator follows one API (see :class:`~llmrec.candidates.base.CandidateGenerator`)::
+
+    gen = make_generator("ease", l2=300.0).fit(TrainData(catalog, sequences))
+    cands = gen.candidates(histories, k=20)   # Candidates(items, scores, fallback)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData
+from llmrec.candidates.bm25 import BM25Generator
+from llmrec.candidates.ease import EASEGenerator
+from llmrec.candidates.fusion import FusedGenerator, default_components
+from llmrec.candidates.itemknn import ItemKNNGenerator
+from llmrec.candidates.mf import MFGenerator
+from llmrec.candidates.popularity import PopularityGenerator
+from llmrec.candidates.text import STOPWORDS, tokenize
+from llmrec.errors import ConfigError
+
+GENERATORS: dict[str, type[CandidateGenerator]] = {
+    cls.name: cls
+    for cls in (
+        PopularityGenerator,
+        BM25Generator,
+        ItemKNNGenerator,
+        MFGenerator,
+        EASEGenerator,
+        FusedGenerator,
+    )
+}
+"""Generator classes by their ``name`` (the value CLI flags and configs use)."""
+
+
+def make_generator(name: str, **params: Any) -> CandidateGenerator:
+    """Build the generator registered as ``name`` with hyper-parameters ``params``.
+
+    Raises :class:`~llmrec.errors.ConfigError` naming the valid generator names for an
+    unknown ``name``, or the valid parameter names for an unknown parameter.
+    """
+    try:
+        cls = GENERATORS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown generator; valid names: {', '.join(GENERATORS)}", parameter="name", value=name
+        ) from None
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {unknown} for {name!r}; valid parameters: {', '.join(valid) or '(none)'}",
+            parameter="params",
+            value=unknown,
+        )
+    return cls(**params)
+
+
+__all__ = [
+    "BM25Generator",
+    "CandidateGenerator",
+    "Candidates",
+    "EASEGenerator",
+    "FusedGenerator",
+    "GENERATORS",
+    "ItemKNNGenerator",
+    "MFGenerator",
+    "PopularityGenerator",
+    "STOPWORDS",
+    "TrainData",
+    "default_components",
+    "make_generator",
+    "tokenize",
+]

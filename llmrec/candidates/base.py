@@ -1,0 +1,132 @@
+"""The one interface every candidate generator implements.
+
+Shape after `implicit`: the constructor takes hyper-parameters only,
+``fit(train)`` learns, and the batch call ``candidates(histories, k)`` returns
+a small typed result. Subclasses implement ``_fit`` and ``score``; ranking,
+exclusion of seen items, domain restriction and the popularity fallback live
+here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrec.data.catalog import History, ItemCatalog
+from llmrec.data.split import interaction_matrix
+from llmrec.ranking import popularity_tie_rank, top_k
+
+
+@dataclass
+class TrainData:
+    """What a generator is fit on: the catalog and every user's known sequence."""
+
+    catalog: ItemCatalog
+    sequences: list[np.ndarray]
+    """Per user, item indices oldest first. Never contains a held-out item."""
+
+    @property
+    def n_items(self) -> int:
+        return len(self.catalog)
+
+    def matrix(self) -> sp.csr_matrix:
+        """Binary users x items CSR matrix of the sequences."""
+        return interaction_matrix(self.sequences, self.n_items)
+
+    def item_counts(self) -> np.ndarray:
+        """Number of users that interacted with each item."""
+        return np.asarray(self.matrix().sum(axis=0)).ravel()
+
+
+@dataclass
+class Candidates:
+    """Result of :meth:`CandidateGenerator.candidates`: ``n_users x k`` arrays.
+
+    ``items`` holds catalog indices (-1 = padding), ``scores`` the generator's
+    scores (float32, -inf for padding). ``fallback[r]`` is True when row ``r``
+    had no usable history and is the popularity ranking.
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    fallback: np.ndarray
+
+    def item_ids(self, catalog: ItemCatalog) -> list[list[str]]:
+        """Item ids per row, padding dropped."""
+        return [[str(catalog.item_ids[i]) for i in row if i >= 0] for row in self.items]
+
+
+class CandidateGenerator(ABC):
+    """Base class: fit on training sequences, score all items, return top-k."""
+
+    name: str = "generator"
+    uses_text: bool = False
+    """True when free-text histories (new users) carry signal for this generator."""
+
+    def __init__(self) -> None:
+        self.catalog: ItemCatalog | None = None
+        self.item_counts: np.ndarray | None = None
+        self.tie_rank: np.ndarray | None = None
+
+    def fit(self, train: TrainData) -> CandidateGenerator:
+        """Learn from ``train``; returns ``self``."""
+        self.catalog = train.catalog
+        self.item_counts = train.item_counts()
+        self.tie_rank = popularity_tie_rank(self.item_counts)
+        self._fit(train)
+        return self
+
+    @abstractmethod
+    def _fit(self, train: TrainData) -> None:
+        """Generator-specific learning."""
+
+    @abstractmethod
+    def score(self, histories: Sequence[History]) -> np.ndarray:
+        """Dense ``len(histories) x n_items`` float32 scores (higher = better).
+
+        Rows with no signal are all zeros; the popularity tie-break then ranks them.
+        """
+
+    def _check_fitted(self) -> None:
+        if self.catalog is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+
+    def masked_scores(
+        self,
+        histories: Sequence[History],
+        exclude_history: bool = True,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Scores with seen items (and items outside ``allowed``) set to -inf."""
+        self._check_fitted()
+        scores = np.asarray(self.score(histories), dtype=np.float32)
+        if exclude_history:
+            for r, hist in enumerate(histories):
+                if len(hist.items):
+                    scores[r, hist.items] = -np.inf
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        return scores
+
+    def candidates(
+        self,
+        histories: Sequence[History],
+        k: int = 20,
+        exclude_history: bool = True,
+        allowed: np.ndarray | None = None,
+    ) -> Candidates:
+        """Top-``k`` unseen items per history.
+
+        ``allowed`` is an optional boolean item mask (e.g. the target domain's items).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores = self.masked_scores(histories, exclude_history, allowed)
+        finite = np.where(np.isfinite(scores), scores, 0.0)
+        fallback = ~np.any(finite != 0.0, axis=1)
+        items, vals = top_k(scores, k, self.tie_rank)
+        return Candidates(items=items, scores=vals, fallback=fallback)

@@ -1,0 +1,110 @@
+"""Integer indexing of items, and the user histories generators consume."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmrec.data.schema import RecDataset
+
+_TRAILING_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
+
+
+def normalize_title(title: str) -> str:
+    """Case/accent/punctuation-insensitive form of a title, for matching typed titles."""
+    text = unicodedata.normalize("NFKD", title).casefold()
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return " ".join(re.findall(r"\w+", text))
+
+
+@dataclass
+class ItemCatalog:
+    """Items with contiguous integer indices ``0..n_items-1`` (sorted by item id)."""
+
+    item_ids: np.ndarray
+    titles: list[str]
+    texts: list[str]
+    domains: np.ndarray
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _by_title: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        for i, title in enumerate(self.titles):
+            self._by_title.setdefault(normalize_title(title), i)
+        for i, title in enumerate(self.titles):
+            # "Heat" should find "Heat (1995)": also index titles without a trailing "(...)".
+            self._by_title.setdefault(normalize_title(_TRAILING_PAREN.sub("", title)), i)
+
+    @classmethod
+    def from_dataset(cls, data: RecDataset) -> ItemCatalog:
+        """Catalog of the items that occur in ``data.interactions`` (after cleaning)."""
+        used = set(data.interactions.unique("item_id"))
+        items = data.items.to_pandas()
+        items = items[items["item_id"].isin(used)].sort_values("item_id", kind="stable")
+        return cls(
+            item_ids=items["item_id"].to_numpy(dtype=object),
+            titles=items["title"].tolist(),
+            texts=items["text"].tolist(),
+            domains=items["domain"].to_numpy(dtype=object),
+        )
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def index_of(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Indices of the given item ids; raises KeyError naming the first unknown id."""
+        out = []
+        for item in item_ids:
+            try:
+                out.append(self._index[item])
+            except KeyError:
+                raise KeyError(f"item id {item!r} is not in the catalog") from None
+        return np.asarray(out, dtype=np.int64)
+
+    def match_title(self, title: str) -> int | None:
+        """Index of the item whose normalized title equals ``title``'s, if any."""
+        return self._by_title.get(normalize_title(title))
+
+    def domain_mask(self, domain: str | None) -> np.ndarray | None:
+        """Boolean mask of the items of ``domain`` (``None`` = all items)."""
+        if domain is None:
+            return None
+        mask = self.domains == domain
+        if not mask.any():
+            raise ValueError(f"no items of domain {domain!r}; domains: {sorted(set(self.domains))}")
+        return mask
+
+    def item_text(self, index: int) -> str:
+        """Title plus the other text fields of one item."""
+        text = self.texts[index]
+        return f"{self.titles[index]} {text}" if text else self.titles[index]
+
+
+@dataclass(frozen=True)
+class History:
+    """What a generator knows about one user: item indices (oldest first) and/or free text.
+
+    ``text`` is the cold-start entry point: titles a new user typed. Generators that
+    need item ids (CF) use ``items`` only; BM25 uses both.
+    """
+
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    text: str = ""
+
+    @classmethod
+    def from_titles(cls, titles: Sequence[str], catalog: ItemCatalog) -> History:
+        """History of a new user from typed titles: titles found in the catalog become
+        items, the others stay as free text (``;``-separated)."""
+        found = [catalog.match_title(t) for t in titles]
+        items = np.asarray([i for i in found if i is not None], dtype=np.int64)
+        unmatched = [t for t, i in zip(titles, found) if i is None]
+        return cls(items=items, text="; ".join(unmatched))
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.items) == 0 and not self.text.strip()

@@ -1,0 +1,128 @@
+"""Canonical tables of llmrec, stored as Hugging Face ``datasets`` (Arrow).
+
+Every loader returns a :class:`RecDataset` with exactly these columns, so the
+rest of the system never sees a source format.
+
+interactions: ``user_id`` (str), ``item_id`` (str), ``timestamp`` (int64; the
+order key: a Unix time, or a step number when ``order_by == "step"``),
+``rating`` (float32, NaN when the source has none), ``domain`` (str).
+
+items: ``item_id`` (str), ``title`` (str), ``text`` (str: other text fields,
+e.g. genres or categories, space separated; may be empty), ``domain`` (str).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+
+INTERACTION_FEATURES = datasets.Features(
+    {
+        "user_id": datasets.Value("string"),
+        "item_id": datasets.Value("string"),
+        "timestamp": datasets.Value("int64"),
+        "rating": datasets.Value("float32"),
+        "domain": datasets.Value("string"),
+    }
+)
+ITEM_FEATURES = datasets.Features(
+    {
+        "item_id": datasets.Value("string"),
+        "title": datasets.Value("string"),
+        "text": datasets.Value("string"),
+        "domain": datasets.Value("string"),
+    }
+)
+
+OrderBy = Literal["timestamp", "step"]
+
+
+@dataclass
+class RecDataset:
+    """Interactions plus item catalog of one dataset (possibly several domains)."""
+
+    name: str
+    interactions: datasets.Dataset
+    items: datasets.Dataset
+    order_by: OrderBy = "timestamp"
+    source: str = ""
+    log: list[str] = field(default_factory=list)
+    """Human-readable record of what loading and cleaning did, with counts."""
+
+    def __post_init__(self) -> None:
+        for table, features, label in (
+            (self.interactions, INTERACTION_FEATURES, "interactions"),
+            (self.items, ITEM_FEATURES, "items"),
+        ):
+            missing = [c for c in features if c not in table.column_names]
+            if missing:
+                raise ValueError(f"{label} table lacks canonical columns {missing}")
+
+    @property
+    def domains(self) -> list[str]:
+        """Sorted list of the domains present in the interactions."""
+        return sorted(set(self.interactions.unique("domain")))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts a person wants to see first: users, items, interactions, density, per domain."""
+        inter = self.interactions.select_columns(["user_id", "item_id", "domain"]).to_pandas()
+        users = inter["user_id"].to_numpy(dtype=object)
+        items = inter["item_id"].to_numpy(dtype=object)
+        doms = inter["domain"].to_numpy(dtype=object)
+        n_users = len(np.unique(users))
+        n_items = len(np.unique(items))
+        per_user = np.unique(users, return_counts=True)[1] if len(users) else np.zeros(1)
+        out: dict[str, Any] = {
+            "name": self.name,
+            "source": self.source,
+            "order_by": self.order_by,
+            "users": int(n_users),
+            "items_interacted": int(n_items),
+            "catalog_items": len(self.items),
+            "interactions": len(users),
+            "density": float(len(users) / max(1, n_users * n_items)),
+            "interactions_per_user": {
+                "min": int(per_user.min()),
+                "median": float(np.median(per_user)),
+                "max": int(per_user.max()),
+            },
+            "domains": {},
+        }
+        for dom in sorted(set(doms.tolist())):
+            mask = doms == dom
+            out["domains"][dom] = {
+                "users": int(len(np.unique(users[mask]))),
+                "items": int(len(np.unique(items[mask]))),
+                "interactions": int(mask.sum()),
+            }
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Save both tables (Arrow) and the metadata to a folder."""
+        path = Path(path)
+        self.interactions.save_to_disk(str(path / "interactions"))
+        self.items.save_to_disk(str(path / "items"))
+        meta = {"name": self.name, "order_by": self.order_by, "source": self.source, "log": self.log}
+        from llmrec.io import atomic_write_json
+
+        atomic_write_json(path / "llmrec_dataset.json", meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecDataset:
+        """Load a folder written by :meth:`save`."""
+        path = Path(path)
+        meta = json.loads((path / "llmrec_dataset.json").read_text(encoding="utf-8"))
+        return cls(
+            name=meta["name"],
+            interactions=datasets.load_from_disk(str(path / "interactions")),
+            items=datasets.load_from_disk(str(path / "items")),
+            order_by=meta["order_by"],
+            source=meta.get("source", ""),
+            log=list(meta.get("log", [])),
+        )

@@ -1,0 +1,214 @@
+"""Leave-one-out splits by time (or step), and cross-domain views.
+
+Each user's interactions are ordered by ``(timestamp, item_id)``; the last one is
+the test item, the second-to-last the validation item, the rest is training
+history. Ranking for the test stage uses train + validation as history; ranking
+for the validation stage uses train only. Users with fewer than 3 interactions
+keep everything in train and are not evaluated (their count is logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrec.data.catalog import History, ItemCatalog
+from llmrec.data.schema import RecDataset
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["valid", "test"]
+
+
+@dataclass
+class LeaveOneOutSplit:
+    """Per-user sequences split into train / validation item / test item.
+
+    ``valid[u]`` and ``test[u]`` are item indices, or -1 for users not evaluated.
+    ``train[u]`` is an int64 array of item indices, oldest first.
+    """
+
+    catalog: ItemCatalog
+    user_ids: np.ndarray
+    train: list[np.ndarray]
+    valid: np.ndarray
+    test: np.ndarray
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def history_items(self, stage: Stage, user: int) -> np.ndarray:
+        """Items known before the held-out item of ``stage`` (train, + valid for test)."""
+        items = self.train[user]
+        if stage == "test" and self.valid[user] >= 0:
+            items = np.append(items, self.valid[user])
+        return items
+
+    def target(self, stage: Stage) -> np.ndarray:
+        """Held-out item per user for ``stage`` (-1 where none)."""
+        if stage not in ("valid", "test"):
+            raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+        return self.valid if stage == "valid" else self.test
+
+    def eval_users(self, stage: Stage) -> np.ndarray:
+        """Indices of users that have a held-out item for ``stage``."""
+        return np.flatnonzero(self.target(stage) >= 0)
+
+    def histories(self, stage: Stage, users: np.ndarray | None = None) -> list[History]:
+        """:class:`History` objects for ``users`` (default: all users)."""
+        users = np.arange(self.n_users) if users is None else users
+        return [History(items=self.history_items(stage, int(u))) for u in users]
+
+    def sequences(self, stage: Stage) -> list[np.ndarray]:
+        """Every user's known sequence for ``stage``: what a generator may be fit on."""
+        return [self.history_items(stage, u) for u in range(self.n_users)]
+
+
+def leave_one_out(data: RecDataset, domain: str | None = None) -> LeaveOneOutSplit:
+    """Leave-one-out split of ``data`` (optionally of one domain's interactions only)."""
+    catalog = ItemCatalog.from_dataset(data)
+    users, seqs = user_sequences(data, catalog, domain=domain)
+    return _split_sequences(catalog, users, seqs)
+
+
+def user_sequences(
+    data: RecDataset, catalog: ItemCatalog, domain: str | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sorted user ids and each user's item indices ordered by (timestamp, item_id)."""
+    table = data.interactions.select_columns(["user_id", "item_id", "timestamp", "domain"]).to_pandas()
+    if domain is not None:
+        table = table[table["domain"] == domain]
+    table["item"] = catalog.index_of(table["item_id"].tolist())
+    # Item ids sort the same way as indices (the catalog is sorted by id).
+    table = table.sort_values(["user_id", "timestamp", "item"], kind="stable")
+    users, starts = np.unique(table["user_id"].to_numpy(dtype=object), return_index=True)
+    items = table["item"].to_numpy(dtype=np.int64)
+    bounds = list(starts) + [len(items)]
+    seqs = [items[bounds[i] : bounds[i + 1]] for i in range(len(users))]
+    return users, seqs
+
+
+def _split_sequences(catalog: ItemCatalog, users: np.ndarray, seqs: list[np.ndarray]) -> LeaveOneOutSplit:
+    n = len(users)
+    valid = np.full(n, -1, dtype=np.int64)
+    test = np.full(n, -1, dtype=np.int64)
+    train: list[np.ndarray] = []
+    short = 0
+    for u, seq in enumerate(seqs):
+        if len(seq) < 3:
+            short += 1
+            train.append(seq)
+            continue
+        train.append(seq[:-2])
+        valid[u] = seq[-2]
+        test[u] = seq[-1]
+    log = [
+        f"leave-one-out: {n} users, {n - short} evaluated, {short} with < 3 interactions kept in train only"
+    ]
+    for line in log:
+        logger.info(line)
+    return LeaveOneOutSplit(catalog=catalog, user_ids=users, train=train, valid=valid, test=test, log=log)
+
+
+def interaction_matrix(sequences: list[np.ndarray], n_items: int) -> sp.csr_matrix:
+    """Binary users x items CSR matrix of the given sequences."""
+    indptr = np.zeros(len(sequences) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(s) for s in sequences])
+    indices = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
+    data = np.ones(len(indices), dtype=np.float32)
+    mat = sp.csr_matrix((data, indices, indptr), shape=(len(sequences), n_items))
+    mat.sum_duplicates()
+    mat.data[:] = 1.0
+    return mat
+
+
+@dataclass
+class CrossDomainSplit:
+    """Source -> target view of a multi-domain dataset.
+
+    The target domain is split leave-one-out per user. A seeded ``cold_fraction``
+    of the evaluated target users is *cold*: their target history is hidden, so
+    the generators are fit without any of their target interactions and they are
+    ranked from their source history alone. The other users are *warm*.
+    """
+
+    source: str
+    target: str
+    catalog: ItemCatalog
+    user_ids: np.ndarray
+    source_seqs: list[np.ndarray]
+    target_split: LeaveOneOutSplit
+    cold: np.ndarray
+    """Boolean per user: target history hidden."""
+    log: list[str] = field(default_factory=list)
+
+    def users(self, group: Literal["warm", "cold"], stage: Stage = "test") -> np.ndarray:
+        """Evaluated users of a group for ``stage``."""
+        evaluated = self.target_split.target(stage) >= 0
+        mask = self.cold if group == "cold" else ~self.cold
+        return np.flatnonzero(evaluated & mask)
+
+    def histories(self, group: Literal["warm", "cold"], stage: Stage, users: np.ndarray) -> list[History]:
+        """Warm: target history. Cold: source history only."""
+        if group == "warm":
+            return self.target_split.histories(stage, users)
+        return [History(items=self.source_seqs[int(u)]) for u in users]
+
+    def fit_sequences(self, stage: Stage) -> list[np.ndarray]:
+        """What generators may learn from: every user's source history, plus target
+        history (train, + valid at test) of warm users only. Never a held-out item."""
+        out = []
+        for u in range(len(self.user_ids)):
+            target_hist = (
+                np.zeros(0, dtype=np.int64) if self.cold[u] else self.target_split.history_items(stage, u)
+            )
+            out.append(np.concatenate([self.source_seqs[u], target_hist]))
+        return out
+
+
+def cross_domain_split(
+    data: RecDataset, source: str, target: str, cold_fraction: float = 0.2, seed: int = 0
+) -> CrossDomainSplit:
+    """Build the source -> target view (see :class:`CrossDomainSplit`)."""
+    doms = data.domains
+    for name, dom in (("source", source), ("target", target)):
+        if dom not in doms:
+            raise ValueError(f"{name} domain {dom!r} not in the data; domains present: {doms}")
+    if not 0.0 <= cold_fraction < 1.0:
+        raise ValueError(f"cold_fraction must be in [0, 1), got {cold_fraction}")
+    catalog = ItemCatalog.from_dataset(data)
+    t_users, t_seqs = user_sequences(data, catalog, domain=target)
+    s_users, s_seqs = user_sequences(data, catalog, domain=source)
+    src = dict(zip(s_users.tolist(), s_seqs))
+    empty = np.zeros(0, dtype=np.int64)
+    source_seqs = [src.get(u, empty) for u in t_users.tolist()]
+    target_split = _split_sequences(catalog, t_users, t_seqs)
+    rng = np.random.default_rng(seed)
+    # Only users with a source history can be cold-start users: that is what they are ranked from.
+    eligible = np.flatnonzero((target_split.test >= 0) & np.array([len(s) > 0 for s in source_seqs]))
+    n_cold = int(round(cold_fraction * len(eligible)))
+    cold = np.zeros(len(t_users), dtype=bool)
+    cold[rng.choice(eligible, size=n_cold, replace=False)] = True
+    log = target_split.log + [
+        f"cross-domain {source} -> {target}: {len(t_users)} target users, "
+        f"{int(cold.sum())} cold (target history hidden, seed {seed}), "
+        f"{len(s_users) - len(set(s_users.tolist()) & set(t_users.tolist()))} source-only users not evaluated"
+    ]
+    for line in log[-1:]:
+        logger.info(line)
+    return CrossDomainSplit(
+        source=source,
+        target=target,
+        catalog=catalog,
+        user_ids=t_users,
+        source_seqs=source_seqs,
+        target_split=target_split,
+        cold=cold,
+        log=log,
+    )

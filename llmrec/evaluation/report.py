@@ -1,0 +1,117 @@
+"""Write an evaluation report: JSON (complete record), Markdown (to read), PNG (to see)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llmrec.io import atomic_write_json, atomic_write_text
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """Readable Markdown: what was run, then one metrics table per user group."""
+    ds = report["dataset"]
+    proto = report["protocol"]
+    ks = report["config"]["ks"]
+    cand_k = report["config"]["candidate_k"]
+    lines = [
+        f"# Retrieval evaluation: {ds['name']}",
+        "",
+        f"- data: `{ds['source']}` ({ds['users']} users, {ds['items_interacted']} items, "
+        f"{ds['interactions']} interactions after cleaning)",
+    ]
+    lines += [f"- {key}: {value}" for key, value in proto.items()]
+    lines += [f"- seed: {report['seed']}; elapsed: {report['elapsed_seconds']} s", ""]
+    metric_cols = [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks] + ["mrr"]
+    header = ["method", *[c.replace("ndcg", "NDCG").replace("recall", "Recall") for c in metric_cols]]
+    header += [f"cand. Recall@{cand_k}", "user cov.", "item cov."]
+    for group, body in report["groups"].items():
+        lines += [f"## Users: {group} ({body['users']})", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        for name, res in body["methods"].items():
+            row = [name] + [f"{res['metrics'][c]:.4f}" for c in metric_cols]
+            row += [
+                f"{res['candidate_recall'][f'@{cand_k}']:.4f}",
+                f"{res['user_coverage']:.3f}",
+                f"{res['item_coverage']:.3f}",
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+        if "rerank" in body:
+            lines += _rerank_table(body, ks)
+        skipped = {n: i["skipped"] for n, i in body.get("fit", {}).items() if "skipped" in i}
+        for name, why in skipped.items():
+            lines.append(f"\n{name}: skipped ({why.splitlines()[0]})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _rerank_table(body: dict[str, Any], ks: list[int]) -> list[str]:
+    rr = body["rerank"]
+    retr = body["methods"][rr["retriever"]]
+    cols = ["ndcg@10", "recall@10", "mrr"] if 10 in ks else ["mrr"]
+    head = [f"all {c}" for c in cols] + [f"subset {c}" for c in cols] + ["users/s"]
+    lines = [
+        "",
+        f"LLM reranking of the {rr['retriever']} top list ({rr['template']} template). "
+        "Subset = users whose held-out item was retrieved.",
+        "",
+        "| stage | " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(head)) + "|",
+    ]
+    first = next(iter(rr["rows"].values()))
+    base = [f"{retr['metrics'][c]:.4f}" for c in cols]
+    base += [f"{first['subset_retriever_metrics'][c]:.4f}" for c in cols] + ["-"]
+    lines.append(f"| {rr['retriever']} alone | " + " | ".join(base) + " |")
+    for label, row in rr["rows"].items():
+        vals = [f"{row['metrics'][c]:.4f}" for c in cols] + [f"{row['subset_metrics'][c]:.4f}" for c in cols]
+        vals.append(f"{row['users_per_second']:.2f}")
+        lines.append(f"| {label} | " + " | ".join(vals) + " |")
+    lines.append(f"\nretrieved users: {first['retrieved_users']} of {body['users']}")
+    return lines
+
+
+def plot_report(report: dict[str, Any], path: Path) -> Path | None:
+    """Bar chart of NDCG@10 and Recall@10 per method and group; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    groups = report["groups"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
+    for ax, (group, body) in zip(axes[0], groups.items()):
+        names = list(body["methods"])
+        ndcg = [body["methods"][n]["metrics"].get("ndcg@10", 0.0) for n in names]
+        rec = [body["methods"][n]["metrics"].get("recall@10", 0.0) for n in names]
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], ndcg, width=0.4, label="NDCG@10")
+        ax.bar([x + 0.2 for x in xs], rec, width=0.4, label="Recall@10")
+        ax.set_xticks(list(xs), names, rotation=30, ha="right")
+        ax.set_title(f"{report['dataset']['name']}: {group} users ({body['users']})")
+        ax.legend()
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
+    """Write ``stem.json``, ``stem.md`` and ``stem.png`` into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": atomic_write_json(out / f"{stem}.json", report),
+        "markdown": atomic_write_text(out / f"{stem}.md", markdown_report(report)),
+    }
+    png = plot_report(report, out / f"{stem}.png")
+    if png is not None:
+        paths["plot"] = png
+    return paths

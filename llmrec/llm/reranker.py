@@ -1,0 +1,154 @@
+"""LLM reranking: one forward pass, the candidates' label log-probs decide the order.
+
+Two nouns, after vLLM's ``LLM`` + ``SamplingParams``: a long-lived
+:class:`LLMReranker` (backend + template, loaded once) and a small per-call
+:class:`RerankParams`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from llmrec.errors import ConfigError
+from llmrec.llm.backend import ScoringBackend, label_token_ids
+from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+
+
+@dataclass
+class RerankParams:
+    """Per-call options of :meth:`LLMReranker.score`."""
+
+    shuffles: int = 0
+    """0: candidates in retriever order. N > 0: average label log-probs over N seeded
+    shuffled orders (position-bias mitigation; N forward passes per user)."""
+    seed: int = 0
+    mode: Literal["verbalizer", "generate"] = "verbalizer"
+    """'generate' decodes a ranked list of labels instead (slow; for comparison only)."""
+    max_new_tokens: int = 80
+    chunk_size: int = 64
+    """Prompts handed to the backend at once (the progress bar advances per chunk)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shuffles < 0:
+            raise ConfigError("must be >= 0", parameter="shuffles", value=self.shuffles)
+        if self.mode not in ("verbalizer", "generate"):
+            raise ConfigError("must be 'verbalizer' or 'generate'", parameter="mode", value=self.mode)
+
+
+class LLMReranker:
+    """Scores candidate lists for users from their history titles."""
+
+    def __init__(
+        self,
+        backend: ScoringBackend,
+        template: PromptTemplate | str = "listwise",
+        max_prompt_tokens: int = 1024,
+    ) -> None:
+        self.backend = backend
+        self.template = PromptTemplate.load(template) if isinstance(template, str) else template
+        self.renderer = PromptRenderer(self.template, backend.tokenizer, max_prompt_tokens)
+        # Fail at load time, not mid-run, if a label is not one token for this tokenizer.
+        self.label_ids = label_token_ids(backend.tokenizer, self.template.labels)
+
+    def build_prompts(
+        self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]], params: RerankParams
+    ) -> tuple[list[str], list[tuple[int, np.ndarray]]]:
+        """Prompts plus, for each, (user index, candidate positions in label order)."""
+        prompts: list[str] = []
+        layout: list[tuple[int, np.ndarray]] = []
+        for u, (hist, cands) in enumerate(zip(histories, candidates)):
+            n = len(cands)
+            if self.template.task == "pointwise":
+                for c in range(n):
+                    prompts.append(self.renderer.render(hist, [cands[c]]))
+                    layout.append((u, np.array([c])))
+                continue
+            if n > len(self.template.labels):
+                raise ConfigError(
+                    f"template {self.template.name!r} has {len(self.template.labels)} labels",
+                    parameter="candidates per user",
+                    value=n,
+                )
+            orders = (
+                [np.arange(n)]
+                if params.shuffles == 0
+                else [
+                    np.random.default_rng([params.seed, u, s]).permutation(n) for s in range(params.shuffles)
+                ]
+            )
+            for order in orders:
+                prompts.append(self.renderer.render(hist, [cands[i] for i in order]))
+                layout.append((u, order))
+        return prompts, layout
+
+    def score(
+        self,
+        histories: Sequence[Sequence[str]],
+        candidates: Sequence[Sequence[str]],
+        params: RerankParams | None = None,
+    ) -> list[np.ndarray]:
+        """Per user, one score per candidate (input order); higher = ranked higher."""
+        params = params or RerankParams()
+        if len(histories) != len(candidates):
+            raise ValueError(f"{len(histories)} histories but {len(candidates)} candidate lists")
+        prompts, layout = self.build_prompts(histories, candidates, params)
+        scores = [np.zeros(len(c), dtype=np.float64) for c in candidates]
+        counts = [np.zeros(len(c), dtype=np.float64) for c in candidates]
+        bar = tqdm(
+            total=len(prompts), desc=f"rerank ({params.mode})", disable=not params.progress, unit="prompt"
+        )
+        for lo in range(0, len(prompts), params.chunk_size):
+            chunk = prompts[lo : lo + params.chunk_size]
+            if params.mode == "generate":
+                values = self._generated_scores(chunk, layout[lo : lo + len(chunk)], params.max_new_tokens)
+            else:
+                values = self._verbalizer_scores(chunk)
+            for (u, order), row in zip(layout[lo : lo + len(chunk)], values):
+                scores[u][order] += row[: len(order)]
+                counts[u][order] += 1
+            bar.update(len(chunk))
+        bar.close()
+        return [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
+
+    def _verbalizer_scores(self, prompts: list[str]) -> np.ndarray:
+        logp = self.backend.label_logprobs(prompts, self.label_ids)
+        if self.template.task == "pointwise":
+            return (logp[:, 0] - logp[:, 1])[:, None]  # log P(yes) - log P(no)
+        return logp
+
+    def _generated_scores(self, prompts: list[str], layout, max_new_tokens: int) -> list[np.ndarray]:
+        texts = self.backend.generate(prompts, max_new_tokens)
+        out = []
+        for text, (_, order) in zip(texts, layout):
+            if self.template.task == "pointwise":
+                out.append(np.array([1.0 if text.strip().lower().startswith("yes") else 0.0]))
+                continue
+            ranked = parse_labels(text, self.template.labels[: len(order)])
+            row = np.full(len(order), -1e9)  # unnamed candidates go last, keeping retriever order
+            for pos, label_index in enumerate(ranked):
+                row[label_index] = -pos
+            out.append(row)
+        return out
+
+
+def parse_labels(text: str, labels: Sequence[str]) -> list[int]:
+    """Label indices in order of first appearance in generated ``text``."""
+    index = {label: i for i, label in enumerate(labels)}
+    seen: list[int] = []
+    for token in re.findall(r"\b\w+\b", text):
+        i = index.get(token)
+        if i is not None and i not in seen:
+            seen.append(i)
+    return seen
+
+
+def rerank_order(scores: np.ndarray) -> np.ndarray:
+    """Candidate positions sorted by score desc; ties keep the retriever's order."""
+    return np.lexsort((np.arange(len(scores)), -scores))

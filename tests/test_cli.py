@@ -1,0 +1,73 @@
+"""The llmrec command line on real data, through typer's runner."""
+
+import json
+
+from typer.testing import CliRunner
+
+from llmrec.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("data", "candidates", "evaluate"):
+        assert cmd in result.output
+
+
+def test_data_prints_llamarec_counts(ml_small_dir):
+    result = runner.invoke(app, ["data", str(ml_small_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["cleaned"]["users"] == 610
+    assert stats["cleaned"]["items_interacted"] == 3650
+    assert stats["raw"]["interactions"] == 100836
+
+
+def test_candidates_for_known_user_and_free_text(ml_small_dir):
+    known = runner.invoke(app, ["candidates", str(ml_small_dir), "--user", "1", "--k", "5", "--json"])
+    assert known.exit_code == 0, known.output
+    rows = json.loads(known.output)["candidates"]
+    assert len(rows) == 5 and rows[0]["rank"] == 1
+    typed = runner.invoke(
+        app,
+        [
+            "candidates",
+            str(ml_small_dir),
+            "--history",
+            "Toy Story (1995); Toy Story 2 (1999)",
+            "--method",
+            "bm25",
+            "--k",
+            "10",
+            "--json",
+        ],
+    )
+    assert typed.exit_code == 0, typed.output
+    payload = json.loads(typed.output)
+    titles = [r["title"] for r in payload["candidates"]]
+    assert any("Toy Story 3" in t for t in titles), titles
+    assert not any(t in ("Toy Story (1995)", "Toy Story 2 (1999)") for t in titles)
+
+
+def test_unknown_user_is_a_clear_error(ml_small_dir):
+    result = runner.invoke(app, ["candidates", str(ml_small_dir), "--user", "no-such-user"])
+    assert result.exit_code == 2
+    assert "no-such-user" in result.output
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "nowhere" in result.output
+
+
+def test_evaluate_writes_report(ml_small_dir, tmp_path):
+    result = runner.invoke(
+        app, ["evaluate", str(ml_small_dir), "--methods", "popularity,bm25", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["groups"]["all"]["methods"]) == {"popularity", "bm25"}
+    assert (tmp_path / "report.md").exists()
