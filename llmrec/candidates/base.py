@@ -60,6 +60,19 @@ class Candidates:
         return [[str(catalog.item_ids[i]) for i in row if i >= 0] for row in self.items]
 
 
+def apply_masks(
+    scores: np.ndarray, histories: Sequence[History], exclude_history: bool, allowed: np.ndarray | None
+) -> np.ndarray:
+    """Set seen items (when ``exclude_history``) and items outside ``allowed`` to -inf, in place."""
+    if exclude_history:
+        for r, hist in enumerate(histories):
+            if len(hist.items):
+                scores[r, hist.items] = -np.inf
+    if allowed is not None:
+        scores[:, ~allowed] = -np.inf
+    return scores
+
+
 class CandidateGenerator(ABC):
     """Base class: fit on training sequences, score all items, return top-k."""
 
@@ -103,14 +116,9 @@ class CandidateGenerator(ABC):
     ) -> np.ndarray:
         """Scores with seen items (and items outside ``allowed``) set to -inf."""
         self._check_fitted()
-        scores = np.asarray(self.score(histories), dtype=np.float32)
-        if exclude_history:
-            for r, hist in enumerate(histories):
-                if len(hist.items):
-                    scores[r, hist.items] = -np.inf
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        return scores
+        return apply_masks(
+            np.asarray(self.score(histories), dtype=np.float32), histories, exclude_history, allowed
+        )
 
     def candidates(
         self,

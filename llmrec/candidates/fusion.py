@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmrec.candidates.base import CandidateGenerator, TrainData
+from llmrec.candidates.base import CandidateGenerator, TrainData, apply_masks
 from llmrec.data.catalog import History
 from llmrec.errors import ConfigError, LlmrecWarning
 from llmrec.ranking import top_k
@@ -134,14 +134,9 @@ class FusedGenerator(CandidateGenerator):
         # Overridden so the masks reach the components: each one's top-depth must be
         # taken among eligible items, or a domain restriction would empty the fusion.
         self._check_fitted()
-        scores = self._fuse(histories, exclude_history, allowed)
-        if exclude_history:
-            for r, hist in enumerate(histories):
-                if len(hist.items):
-                    scores[r, hist.items] = -np.inf
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        return scores
+        return apply_masks(
+            self._fuse(histories, exclude_history, allowed), histories, exclude_history, allowed
+        )
 
     def _fuse(
         self, histories: Sequence[History], exclude_history: bool, allowed: np.ndarray | None

@@ -1,0 +1,138 @@
+"""transformers backend: model resolution, bitsandbytes loading, PEFT adapters, the pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llmrec.errors import LlmrecError
+from llmrec.llm.models import resolve_model
+from llmrec.llm.reranker import LLMReranker, RerankParams
+from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig, resolve_dtype
+
+PROMPT_HIST = [["Toy Story (1995)", "Finding Nemo (2003)"]]
+PROMPT_CANDS = [["Heat (1995)", "Toy Story 2 (1999)", "Casino (1995)"]]
+
+
+def test_model_resolution(tmp_path, smollm_dir):
+    assert resolve_model("smollm2-135m-instruct") == str(smollm_dir)
+    assert resolve_model(str(smollm_dir)) == str(smollm_dir)
+    assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # Hub ids pass through
+    with pytest.raises(LlmrecError, match="config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(LlmrecError, match="neither"):
+        resolve_model("not-a-model")
+
+
+def test_prepared_model_is_reused(smollm_dir):
+    from llmrec.llm.models import prepare_offline_model
+
+    before = (smollm_dir / "model.safetensors").stat().st_mtime_ns
+    assert prepare_offline_model() == smollm_dir
+    assert (smollm_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_dtype_auto():
+    assert resolve_dtype("auto", "cuda") == "bfloat16"
+    assert resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
+    assert resolve_dtype("float16", "cpu") == "float16"
+
+
+def test_cuda_request_without_gpu_is_clear(smollm_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(LlmrecError, match="CUDA"):
+        TransformersBackend(TransformersConfig(model=str(smollm_dir), device="cuda"))
+
+
+@pytest.mark.slow
+def test_4bit_bitsandbytes_scores_like_full_precision(smollm_dir, smollm_backend):
+    quant = TransformersBackend(TransformersConfig(model=str(smollm_dir), device="cpu", quantization="4bit"))
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in quant.model.modules())
+    full = LLMReranker(smollm_backend).score(PROMPT_HIST, PROMPT_CANDS, RerankParams(progress=False))[0]
+    four = LLMReranker(quant).score(PROMPT_HIST, PROMPT_CANDS, RerankParams(progress=False))[0]
+    assert np.isfinite(four).all()
+    assert np.corrcoef(full, four)[0, 1] > 0.5  # NF4 perturbs, but keeps the signal
+
+
+@pytest.mark.slow
+def test_peft_adapter_is_applied(smollm_dir, smollm_backend, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tuned = TransformersBackend(
+        TransformersConfig(model=str(smollm_dir), adapter=str(tmp_path / "adapter"), device="cpu")
+    )
+    base_scores = LLMReranker(smollm_backend).score(PROMPT_HIST, PROMPT_CANDS, RerankParams(progress=False))[
+        0
+    ]
+    tuned_scores = LLMReranker(tuned).score(PROMPT_HIST, PROMPT_CANDS, RerankParams(progress=False))[0]
+    assert not np.allclose(base_scores, tuned_scores, atol=1e-3)
+
+
+def test_recommend_cli_known_and_new_user(ml_small_dir, smollm_dir):
+    from llmrec.cli import app
+
+    runner = CliRunner()
+    known = runner.invoke(
+        app, ["recommend", str(ml_small_dir), "--user", "1", "--n", "5", "--model", str(smollm_dir), "--json"]
+    )
+    assert known.exit_code == 0, known.output
+    payload = json.loads(known.stdout)
+    assert len(payload["items"]) == 5
+    assert len({r["item_id"] for r in payload["items"]}) == 5
+    assert payload["model"] == str(smollm_dir)
+    assert all(1 <= r["retriever_rank"] <= 20 for r in payload["items"])
+    typed = runner.invoke(
+        app,
+        [
+            "recommend",
+            str(ml_small_dir),
+            "--history",
+            "Toy Story; Shrek; Some film not in the catalog",
+            "--n",
+            "5",
+            "--model",
+            str(smollm_dir),
+            "--json",
+        ],
+    )
+    assert typed.exit_code == 0, typed.output
+    payload = json.loads(typed.stdout)
+    assert "Some film not in the catalog" in payload["history"]
+    titles = [r["title"] for r in payload["items"]]
+    assert "Toy Story (1995)" not in titles and len(titles) == 5
+
+
+def test_evaluate_with_rerank_combines_groups(ml_small_dir, smollm_dir):
+    from llmrec.evaluation.experiment import EvalConfig, run_evaluation
+
+    cfg = EvalConfig(
+        dataset=str(ml_small_dir),
+        methods=["itemknn"],
+        retriever="itemknn",
+        rerank=True,
+        model=str(smollm_dir),
+        max_users=25,
+        seed=1,
+    )
+    report = run_evaluation(cfg)
+    group = report["groups"]["all"]
+    row = next(iter(group["rerank"]["rows"].values()))
+    retr = group["methods"]["itemknn"]
+    assert group["users"] == 25 and group["eligible_users"] == 610
+    assert row["retrieved_users"] == round(retr["candidate_recall"]["@20"] * 25)
+    # users outside the retrieved subset keep their ranks: recall@20 cannot change
+    assert row["metrics"]["recall@20"] == pytest.approx(retr["metrics"]["recall@20"])
+    assert "rerank" in report["protocol"] and "sample" in report["protocol"]
