@@ -75,3 +75,13 @@ def test_cross_domain_evaluation_runs(arts_office_dir):
     assert report["groups"]["cold"]["users"] > 1000
     # cold users are ranked from arts history alone: a real but much weaker signal than warm history
     assert 0 < cold["itemknn"]["metrics"]["recall@20"] < warm["itemknn"]["metrics"]["recall@20"]
+
+
+def test_typed_titles_match_catalog_titles(ml_small_split):
+    from llmrec.data import History
+
+    catalog = ml_small_split.catalog
+    hist = History.from_titles(["The Incredibles", "heat", "Toy Story (1995)", "No Such Film Here"], catalog)
+    titles = [catalog.titles[i] for i in hist.items]
+    assert titles == ["Incredibles, The (2004)", "Heat (1995)", "Toy Story (1995)"]
+    assert hist.text == "No Such Film Here"

@@ -12,6 +12,7 @@ import numpy as np
 from llmrec.data.schema import RecDataset
 
 _TRAILING_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
+_ARTICLES = ("the", "a", "an")
 
 
 def normalize_title(title: str) -> str:
@@ -19,6 +20,17 @@ def normalize_title(title: str) -> str:
     text = unicodedata.normalize("NFKD", title).casefold()
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     return " ".join(re.findall(r"\w+", text))
+
+
+def loose_title_key(title: str) -> str:
+    """A looser key: no trailing "(...)" and no leading or catalog-style trailing article,
+    so "The Incredibles" finds "Incredibles, The (2004)" and "Heat" finds "Heat (1995)"."""
+    words = normalize_title(_TRAILING_PAREN.sub("", title)).split()
+    if len(words) > 1 and words[-1] in _ARTICLES:
+        words = words[:-1]
+    elif len(words) > 1 and words[0] in _ARTICLES:
+        words = words[1:]
+    return " ".join(words)
 
 
 @dataclass
@@ -34,11 +46,12 @@ class ItemCatalog:
 
     def __post_init__(self) -> None:
         self._index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        # Tiers, tried in order: exact, without a trailing "(...)", without articles too.
+        self._title_tiers: list[dict[str, int]] = [self._by_title, {}, {}]
         for i, title in enumerate(self.titles):
             self._by_title.setdefault(normalize_title(title), i)
-        for i, title in enumerate(self.titles):
-            # "Heat" should find "Heat (1995)": also index titles without a trailing "(...)".
-            self._by_title.setdefault(normalize_title(_TRAILING_PAREN.sub("", title)), i)
+            self._title_tiers[1].setdefault(normalize_title(_TRAILING_PAREN.sub("", title)), i)
+            self._title_tiers[2].setdefault(loose_title_key(title), i)
 
     @classmethod
     def from_dataset(cls, data: RecDataset) -> ItemCatalog:
@@ -67,8 +80,18 @@ class ItemCatalog:
         return np.asarray(out, dtype=np.int64)
 
     def match_title(self, title: str) -> int | None:
-        """Index of the item whose normalized title equals ``title``'s, if any."""
-        return self._by_title.get(normalize_title(title))
+        """Index of the item whose title matches ``title``: exactly after normalization, else
+        without a trailing "(...)", else by :func:`loose_title_key`; within a tier the first
+        item in id order wins. None when nothing matches."""
+        keys = (
+            normalize_title(title),
+            normalize_title(_TRAILING_PAREN.sub("", title)),
+            loose_title_key(title),
+        )
+        for tier, key in zip(self._title_tiers, keys, strict=True):
+            if key in tier:
+                return tier[key]
+        return None
 
     def domain_mask(self, domain: str | None) -> np.ndarray | None:
         """Boolean mask of the items of ``domain`` (``None`` = all items)."""

@@ -85,9 +85,12 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
     groups = report["groups"]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
     for ax, (group, body) in zip(axes[0], groups.items()):
-        names = list(body["methods"])
-        ndcg = [body["methods"][n]["metrics"].get("ndcg@10", 0.0) for n in names]
-        rec = [body["methods"][n]["metrics"].get("recall@10", 0.0) for n in names]
+        rows = {n: r["metrics"] for n, r in body["methods"].items()}
+        for row in body.get("rerank", {}).get("rows", {}).values():
+            rows["LLM rerank" + (f" x{row['shuffles']}" if row["shuffles"] else "")] = row["metrics"]
+        names = list(rows)
+        ndcg = [rows[n].get("ndcg@10", 0.0) for n in names]
+        rec = [rows[n].get("recall@10", 0.0) for n in names]
         xs = range(len(names))
         ax.bar([x - 0.2 for x in xs], ndcg, width=0.4, label="NDCG@10")
         ax.bar([x + 0.2 for x in xs], rec, width=0.4, label="Recall@10")

@@ -31,7 +31,7 @@ class RerankParams:
     mode: Literal["verbalizer", "generate"] = "verbalizer"
     """'generate' decodes a ranked list of labels instead (slow; for comparison only)."""
     max_new_tokens: int = 80
-    chunk_size: int = 64
+    chunk_size: int = 16
     """Prompts handed to the backend at once (the progress bar advances per chunk)."""
     progress: bool = True
 
