@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LLMREC := $(VENV)/bin/llmrec
 export OPENBLAS_NUM_THREADS ?= 1
+# OpenMP threads that spin while waiting make every torch op crawl on a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-fast lint bench clean
 

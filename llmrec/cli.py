@@ -309,6 +309,51 @@ def evaluate(
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
 
+@app.command()
+def finetune(
+    config: Annotated[Path | None, typer.Option(help="Recipe YAML (see finetune/*.yaml).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Training data folder or 'ml-latest-small'.")] = None,
+    domain: Annotated[str | None, typer.Option(help="Tune on this domain only (e.g. arts).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model: Hub id, folder or offline name.")] = None,
+    from_adapter: Annotated[str | None, typer.Option(help="Start from this adapter (transfer).")] = None,
+    train_users: Annotated[int | None, typer.Option(help="Few-shot: a seeded sample of N users.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Run folder (checkpoints, adapter, manifest).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed of data sampling and training.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Instruction-tune the reranker (QLoRA by default) on a dataset's training histories."""
+    from llmrec.errors import LlmrecError
+    from llmrec.finetune.config import FinetuneConfig
+    from llmrec.finetune.run import run_finetune
+
+    _setup_logging(verbose)
+    overrides = {
+        "dataset": dataset,
+        "domain": domain,
+        "model": model,
+        "from_adapter": from_adapter,
+        "train_users": train_users,
+        "max_steps": max_steps,
+        "output_dir": output_dir,
+        "seed": seed,
+    }
+    try:
+        cfg = FinetuneConfig.from_yaml(config) if config is not None else FinetuneConfig()
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        cfg.resume = cfg.resume or resume
+        cfg.__post_init__()  # re-validate after the flag overrides
+        adapter = run_finetune(cfg)
+    except (LlmrecError, ImportError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"adapter: {adapter}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

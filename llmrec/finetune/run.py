@@ -1,0 +1,65 @@
+"""``llmrec finetune``: dataset -> split -> retriever -> examples -> QLoRA run -> adapter.
+
+Reads top to bottom like trl's ``sft.py``: load, build, run, save. The retriever
+that supplies hard negatives and the validation candidate lists is fit on the
+validation-stage sequences (train items only), so neither validation nor test
+items reach training in any form.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmrec.candidates import TrainData
+from llmrec.data import CleaningConfig, clean, leave_one_out, load_dataset
+from llmrec.errors import ConfigError
+from llmrec.evaluation.experiment import build_generator
+from llmrec.finetune.config import FinetuneConfig
+from llmrec.finetune.evaluation import RankingEvaluator
+from llmrec.finetune.examples import build_examples, sample_users
+from llmrec.finetune.trainer import finetune, load_tokenizer
+from llmrec.llm.models import resolve_model
+from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+
+def run_finetune(config: FinetuneConfig) -> Path:
+    """Tune the reranker on ``config.dataset`` (optionally one ``config.domain``); the adapter folder."""
+    if not config.dataset:
+        raise ConfigError(
+            "name the training data (a folder or 'ml-latest-small')", parameter="dataset", value=None
+        )
+    data = clean(load_dataset(config.dataset), CleaningConfig())
+    split = leave_one_out(data, domain=config.domain)
+    retriever = build_generator(config.retriever, {}, config.seed)
+    retriever.fit(TrainData(split.catalog, split.sequences("valid")))
+    template = PromptTemplate.load(config.template)
+    renderer = PromptRenderer(template, load_tokenizer(resolve_model(config.model)), config.max_prompt_tokens)
+    users = None if config.train_users is None else sample_users(split, config.train_users, config.seed)
+    allowed = split.catalog.domain_mask(config.domain)
+    examples = build_examples(
+        split,
+        None,
+        retriever,
+        renderer,
+        n_candidates=config.n_candidates,
+        hard_fraction=config.hard_fraction,
+        windows=config.windows,
+        users=users,
+        seed=config.seed,
+        allowed=allowed,
+    )
+    logger.info("%d training examples from %s", len(examples), config.dataset)
+    evaluator = None
+    if config.eval_steps and config.eval_users:
+        evaluator = RankingEvaluator(
+            split,
+            retriever,
+            template,
+            users=config.eval_users,
+            n_candidates=config.n_candidates,
+            max_prompt_tokens=config.max_prompt_tokens,
+        )
+    return finetune(config, examples, evaluator)
