@@ -407,3 +407,40 @@ def test_validation_ranking_keeps_the_best_checkpoint_and_stops_early(
     best = _adapter_tensors(tmp_path / "run" / "checkpoints" / "checkpoint-2")
     final = _adapter_tensors(adapter)
     assert all(np.array_equal(final[k].numpy(), best[k].numpy()) for k in best)
+
+
+@pytest.mark.slow
+def test_finetune_cli_end_to_end(tmp_path, ml_small_dir, smollm_dir):
+    """`llmrec finetune` wires data -> retriever -> examples -> QLoRA -> adapter + manifest."""
+    from typer.testing import CliRunner
+
+    from llmrec.cli import app
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "n_candidates: 4\nmax_prompt_tokens: 256\nper_device_train_batch_size: 2\n"
+        "eval_users: 0\nsave_steps: 1\nthreads: 1\n"
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--config",
+            str(recipe),
+            "--dataset",
+            str(ml_small_dir),
+            "--model",
+            str(smollm_dir),
+            "--train-users",
+            "4",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["train_users"] == 4
+    assert (out / "adapter" / "adapter_config.json").exists()
