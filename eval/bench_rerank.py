@@ -83,7 +83,7 @@ def main() -> None:
         "benchmark": "rerank",
         "data": args.data,
         "model": args.model,
-        "device": backend.device,
+        "device": str(backend.device),
         "dtype": str(backend.model.dtype),
         "batch_size": args.batch_size,
         "candidates": args.k,

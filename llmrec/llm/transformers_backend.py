@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,8 +79,83 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-class TransformersBackend:
-    """Batched next-token scoring with a causal LM from transformers."""
+class CausalLMScorer:
+    """:class:`~llmrec.llm.backend.ScoringBackend` over an already-loaded causal LM.
+
+    Left-pads each batch so the last position is every row's next token, runs one
+    forward pass keeping only the last position's logits, and returns the
+    log-softmax over the vocabulary for the requested token ids.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, batch_size: int = 8) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.batch_size = batch_size
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    @contextmanager
+    def _scoring(self) -> Iterator[None]:
+        import torch
+
+        with torch.inference_mode():
+            yield
+
+    def _batches(self, prompts: Sequence[str]) -> Iterator[tuple[list[int], dict[str, Any]]]:
+        import torch
+
+        # Longest first: batches of similar length waste less padding.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo : lo + self.batch_size]
+            ids = [self.tokenizer.encode(prompts[i], add_special_tokens=False) for i in idx]
+            width = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(ids), width), dtype=torch.long)
+            for r, x in enumerate(ids):  # left padding: the last position is the next token
+                input_ids[r, width - len(x) :] = torch.tensor(x)
+                mask[r, width - len(x) :] = 1
+            yield idx, {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def label_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int]) -> np.ndarray:
+        """Log-softmax of the next-token logits at each prompt's end, for ``token_ids``."""
+        import torch
+
+        out = np.zeros((len(prompts), len(token_ids)), dtype=np.float32)
+        ids = torch.tensor(list(token_ids))
+        with self._scoring():
+            for idx, enc in self._batches(prompts):
+                logits = self.model(**enc, logits_to_keep=1, use_cache=False).logits[:, -1, :].float()
+                out[idx] = torch.log_softmax(logits, dim=-1)[:, ids.to(logits.device)].cpu().numpy()
+        return out
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
+        """Greedy generation (the slow comparison path)."""
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        out: list[str] = [""] * len(prompts)
+        with self._scoring():
+            for idx, enc in self._batches(prompts):
+                gen = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+                )
+                new = gen[:, enc["input_ids"].shape[1] :]
+                for row, i in enumerate(idx):
+                    out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
+        return out
+
+
+class TransformersBackend(CausalLMScorer):
+    """Loads a causal LM from transformers (bf16/fp32, optional bitsandbytes and PEFT adapter)."""
 
     def __init__(self, config: TransformersConfig | None = None) -> None:
         import torch
@@ -89,26 +165,23 @@ class TransformersBackend:
         if config.threads:
             torch.set_num_threads(config.threads)
         path = resolve_model(config.model)
-        self.model_name = config.model
-        self.device = self._pick_device(config.device)
-        dtype = getattr(torch, resolve_dtype(config.dtype, self.device))
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"  # the last position is the next token for every row
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        device = self._pick_device(config.device)
+        dtype = getattr(torch, resolve_dtype(config.dtype, device))
+        tokenizer = AutoTokenizer.from_pretrained(path)
         kwargs: dict[str, Any] = {"dtype": dtype}
         quant = bnb_config(config.quantization, dtype)
         if quant is not None:
             kwargs["quantization_config"] = quant
-            kwargs["device_map"] = "cpu" if self.device == "cpu" else {"": self.device}
-        self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            kwargs["device_map"] = "cpu" if device == "cpu" else {"": device}
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if quant is None:
-            self.model.to(self.device)
+            model.to(device)
         if config.adapter:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, config.adapter)
-        self.model.eval()
+            model = PeftModel.from_pretrained(model, config.adapter)
+        model.eval()
+        super().__init__(model, tokenizer, config.model, config.batch_size)
 
     @staticmethod
     def _pick_device(device: str) -> str:
@@ -119,44 +192,3 @@ class TransformersBackend:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("CUDA is not available on this machine", parameter="device", value=device)
         return device
-
-    def _batches(self, prompts: Sequence[str]):
-        # Longest first: batches of similar length waste less padding.
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        for lo in range(0, len(order), self.config.batch_size):
-            idx = order[lo : lo + self.config.batch_size]
-            enc = self.tokenizer(
-                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            yield idx, enc.to(self.device)
-
-    def label_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int]) -> np.ndarray:
-        """Log-softmax of the next-token logits at each prompt's end, for ``token_ids``."""
-        import torch
-
-        out = np.zeros((len(prompts), len(token_ids)), dtype=np.float32)
-        ids = torch.tensor(list(token_ids), device=self.device)
-        with torch.inference_mode():
-            for idx, enc in self._batches(prompts):
-                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-                logp = torch.log_softmax(logits, dim=-1)[:, ids]
-                out[idx] = logp.cpu().numpy()
-        return out
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
-        """Greedy generation (the slow comparison path)."""
-        import torch
-
-        out: list[str] = [""] * len(prompts)
-        with torch.inference_mode():
-            for idx, enc in self._batches(prompts):
-                gen = self.model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-                new = gen[:, enc["input_ids"].shape[1] :]
-                for row, i in enumerate(idx):
-                    out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
-        return out
