@@ -42,7 +42,7 @@ from llmrec.finetune.config import METRIC, FinetuneConfig
 from llmrec.llm.backend import ScoringBackend, label_token_ids
 from llmrec.llm.models import resolve_model
 from llmrec.llm.prompting import PromptTemplate
-from llmrec.llm.transformers_backend import bnb_config, resolve_dtype
+from llmrec.llm.transformers_backend import load_causal_lm, pick_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ __all__ = ["FinetuneConfig", "finetune", "last_checkpoint", "tokenize_examples",
 
 
 # --- model -----------------------------------------------------------------------------------
-
-
-def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; a CUDA device without CUDA is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("CUDA is not available on this machine", parameter="device", value=device)
-    return device
 
 
 def disable_cpu_weight_repacking(model: Any) -> int:
@@ -93,19 +82,10 @@ def disable_cpu_weight_repacking(model: Any) -> int:
 
 def load_base_model(config: FinetuneConfig, path: str, device: str, dtype: Any) -> Any:
     """The base model, quantized as configured and prepared for k-bit training."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    quant = bnb_config(config.quantization, dtype)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = "cpu" if device == "cpu" else {"": device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quant is None:
-        model.to(device)
+    model = load_causal_lm(path, config.quantization, device, dtype)
     disable_cpu_weight_repacking(model)
     model.config.use_cache = False
-    if quant is not None:
+    if config.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(

@@ -79,6 +79,32 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; a CUDA device without CUDA is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine", parameter="device", value=device)
+    return device
+
+
+def load_causal_lm(path: str, quantization: str, device: str, dtype: Any) -> Any:
+    """A causal LM on ``device``: plain, or bitsandbytes-quantized ('4bit' / '8bit')."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    quant = bnb_config(quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = "cpu" if device == "cpu" else {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant is None:
+        model.to(device)
+    return model
+
+
 class CausalLMScorer:
     """:class:`~llmrec.llm.backend.ScoringBackend` over an already-loaded causal LM.
 
@@ -159,36 +185,19 @@ class TransformersBackend(CausalLMScorer):
 
     def __init__(self, config: TransformersConfig | None = None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.config = config = config or TransformersConfig()
         if config.threads:
             torch.set_num_threads(config.threads)
         path = resolve_model(config.model)
-        device = self._pick_device(config.device)
+        device = pick_device(config.device)
         dtype = getattr(torch, resolve_dtype(config.dtype, device))
         tokenizer = AutoTokenizer.from_pretrained(path)
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        quant = bnb_config(config.quantization, dtype)
-        if quant is not None:
-            kwargs["quantization_config"] = quant
-            kwargs["device_map"] = "cpu" if device == "cpu" else {"": device}
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        if quant is None:
-            model.to(device)
+        model = load_causal_lm(path, config.quantization, device, dtype)
         if config.adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, config.adapter)
         model.eval()
         super().__init__(model, tokenizer, config.model, config.batch_size)
-
-    @staticmethod
-    def _pick_device(device: str) -> str:
-        import torch
-
-        if device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("CUDA is not available on this machine", parameter="device", value=device)
-        return device

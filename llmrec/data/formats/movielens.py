@@ -60,19 +60,10 @@ def load_movielens(path: str | Path, *, name: str | None = None, domain: str = "
     movies = _read_text_table(mfile, ",")
     _check_columns(movies, ["movieId", "title", "genres"], mfile)
     _check_rows(movies, mfile)
-    inter = _interactions(
-        _ids(ratings["userId"], rfile, "userId"),
-        _ids(ratings["movieId"], rfile, "movieId"),
-        _order_key(ratings["timestamp"], rfile, "timestamp"),
-        _ratings(ratings["rating"], rfile, "rating"),
-        domain,
-    )
-    genres = movies["genres"].fillna("").str.replace("(no genres listed)", "", regex=False)
+    columns = ["userId", "movieId", "rating", "timestamp"]
+    inter = _rating_interactions([ratings[c] for c in columns], rfile, columns, 2, domain)
     items = _items(
-        _ids(movies["movieId"], mfile, "movieId"),
-        movies["title"],
-        genres.str.replace("|", " ", regex=False).str.strip().tolist(),
-        domain,
+        _ids(movies["movieId"], mfile, "movieId"), movies["title"], _genre_text(movies["genres"]), domain
     )
     return _finish(
         name or root.name,
@@ -83,6 +74,26 @@ def load_movielens(path: str | Path, *, name: str | None = None, domain: str = "
         inter_file=rfile,
         item_column="movieId",
     )
+
+
+def _rating_interactions(
+    columns: Sequence[pd.Series], path: Path, names: Sequence[str], first_line: int, domain: str
+) -> pd.DataFrame:
+    """Interactions from MovieLens rating columns in the order user, item, rating, timestamp."""
+    user, item, rating, stamp = columns
+    return _interactions(
+        _ids(user, path, names[0], first_line),
+        _ids(item, path, names[1], first_line),
+        _order_key(stamp, path, names[3], first_line),
+        _ratings(rating, path, names[2], first_line),
+        domain,
+    )
+
+
+def _genre_text(genres: pd.Series) -> list[str]:
+    """``A|B`` genre lists as space-separated text; "(no genres listed)" becomes empty."""
+    text = genres.fillna("").str.replace("(no genres listed)", "", regex=False)
+    return text.str.replace("|", " ", regex=False).str.strip().tolist()
 
 
 def _ml100k_genres(root: Path) -> list[str]:
@@ -124,13 +135,7 @@ def load_movielens_100k(path: str | Path, *, name: str | None = None, domain: st
     movies = _read_text_table(ifile, "|", header=False, encoding="latin-1", quoting=csv.QUOTE_NONE)
     _check_rows(movies, ifile)
     _check_field_count(movies, len(item_names), ifile, "|", item_names)
-    inter = _interactions(
-        _ids(data[0], dfile, names[0], 1),
-        _ids(data[1], dfile, names[1], 1),
-        _order_key(data[3], dfile, names[3], 1),
-        _ratings(data[2], dfile, names[2], 1),
-        domain,
-    )
+    inter = _rating_interactions([data[i] for i in range(4)], dfile, names, 1, domain)
     flags = movies.iloc[:, 5 : 5 + len(genres)].fillna("0").to_numpy() == "1"
     text = [" ".join(g for g, on in zip(genres, row, strict=True) if on and g != "unknown") for row in flags]
     items = _items(_ids(movies[0], ifile, "movie id", 1), movies[1], text, domain)
@@ -214,17 +219,8 @@ def load_movielens_1m(path: str | Path, *, name: str | None = None, domain: str 
     names = ["UserID", "MovieID", "Rating", "Timestamp"]
     ratings = _read_double_colon(rfile, names)
     movies = _read_movies_dat(mfile)
-    inter = _interactions(
-        _ids(ratings[0], rfile, names[0], 1),
-        _ids(ratings[1], rfile, names[1], 1),
-        _order_key(ratings[3], rfile, names[3], 1),
-        _ratings(ratings[2], rfile, names[2], 1),
-        domain,
-    )
-    genres = (
-        movies["Genres"].str.replace("(no genres listed)", "", regex=False).str.replace("|", " ", regex=False)
-    )
-    items = _items(movies["MovieID"], movies["Title"], genres.str.strip().tolist(), domain)
+    inter = _rating_interactions([ratings[i] for i in range(4)], rfile, names, 1, domain)
+    items = _items(movies["MovieID"], movies["Title"], _genre_text(movies["Genres"]), domain)
     return _finish(
         name or root.name,
         inter,
