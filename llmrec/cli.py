@@ -183,6 +183,9 @@ def recommend(
         "listwise"
     ),
     shuffles: Annotated[int, typer.Option(help="Average over N shuffled candidate orders (0 = off).")] = 0,
+    retriever_weight: Annotated[
+        float, typer.Option(help="Fuse the LLM scores with the retriever order (0 = LLM alone).")
+    ] = 0.0,
     mode: Annotated[str, typer.Option(help="verbalizer (one forward pass) or generate.")] = "verbalizer",
     no_llm: Annotated[bool, typer.Option("--no-llm", help="Skip the LLM: the retriever's list.")] = False,
     k_core: KCore = 5,
@@ -205,7 +208,13 @@ def recommend(
                 model, backend=backend, template=template, adapter=adapter, quantization=quantization
             )
         rec = Recommender(gen, reranker, num_candidates=num_candidates)
-        params = RerankParams(shuffles=shuffles, seed=seed, mode=mode, progress=False)  # type: ignore[arg-type]
+        params = RerankParams(
+            shuffles=shuffles,
+            seed=seed,
+            mode=mode,  # type: ignore[arg-type]
+            progress=False,
+            retriever_weight=retriever_weight,
+        )
         ranked = rec.recommend([hist], n=n, params=params)[0]
     except (LlmrecError, KeyError, ValueError, ImportError) as err:
         _fail(err)
@@ -260,6 +269,13 @@ def evaluate(
         typer.Option(help="Comma-separated reranker variants: 0 = retriever order, N = mean of N shuffles."),
     ] = "0",
     max_users: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of users.")] = None,
+    fusion_weights: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated weights of the retriever order fused with the LLM scores; the best "
+            "(or 0 = LLM alone) on the same users' validation items is applied. Empty = off."
+        ),
+    ] = "",
     config: Annotated[
         Path | None, typer.Option(help="YAML with EvalConfig fields (e.g. generator_params); flags win.")
     ] = None,
@@ -299,6 +315,11 @@ def evaluate(
         shuffles=[int(x) for x in shuffles.split(",") if x.strip()],
         max_users=max_users,
     )
+    if fusion_weights.strip():
+        try:
+            fields["fusion_weights"] = [float(x) for x in fusion_weights.split(",") if x.strip()]
+        except ValueError:
+            _fail(ValueError(f"--fusion-weights must be comma-separated numbers, got {fusion_weights!r}"))
     try:
         cfg = EvalConfig(**fields)
         report = run_evaluation(cfg)

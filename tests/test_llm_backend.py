@@ -115,7 +115,8 @@ def test_recommend_cli_known_and_new_user(ml_small_dir, smollm_dir):
     assert "Toy Story (1995)" not in titles and len(titles) == 5
 
 
-def test_evaluate_with_rerank_combines_groups(ml_small_dir, smollm_dir):
+def _rerank_report(ml_small_dir, smollm_dir, **fields) -> dict:
+    """itemknn top-20 of 25 sampled ml-latest-small users, reranked by the offline model."""
     from llmrec.evaluation.experiment import EvalConfig, run_evaluation
 
     cfg = EvalConfig(
@@ -126,8 +127,13 @@ def test_evaluate_with_rerank_combines_groups(ml_small_dir, smollm_dir):
         model=str(smollm_dir),
         max_users=25,
         seed=1,
+        **fields,
     )
-    report = run_evaluation(cfg)
+    return run_evaluation(cfg)
+
+
+def test_evaluate_with_rerank_combines_groups(ml_small_dir, smollm_dir):
+    report = _rerank_report(ml_small_dir, smollm_dir)
     group = report["groups"]["all"]
     row = next(iter(group["rerank"]["rows"].values()))
     retr = group["methods"]["itemknn"]
@@ -136,3 +142,17 @@ def test_evaluate_with_rerank_combines_groups(ml_small_dir, smollm_dir):
     # users outside the retrieved subset keep their ranks: recall@20 cannot change
     assert row["metrics"]["recall@20"] == pytest.approx(retr["metrics"]["recall@20"])
     assert "rerank" in report["protocol"] and "sample" in report["protocol"]
+
+
+def test_evaluate_fusion_weight_is_chosen_on_validation(ml_small_dir, smollm_dir):
+    report = _rerank_report(ml_small_dir, smollm_dir, fusion_weights=[1.0, 1000.0])
+    rr = report["groups"]["all"]["rerank"]
+    fusion = next(iter(rr["fusion"].values()))
+    table = fusion["validation_ndcg@10"]
+    assert set(table) == {"0", "1", "1000"}
+    # the chosen weight is the validation argmax (ties to the smaller weight)
+    assert table[f"{fusion['chosen_weight']:g}"] == max(table.values())
+    # a huge weight reproduces the retriever's order on validation
+    assert table["1000"] == pytest.approx(fusion["validation_retriever_ndcg@10"], abs=1e-4)
+    fused = [r for r in rr["rows"].values() if "retriever_weight" in r]
+    assert len(fused) == 1 and fused[0]["retriever_weight"] == fusion["chosen_weight"]

@@ -17,6 +17,7 @@ from llmrec.candidates.base import CandidateGenerator, TrainData
 from llmrec.data import CleaningConfig, clean, cross_domain_split, leave_one_out, load_dataset
 from llmrec.data.schema import RecDataset
 from llmrec.errors import ConfigError
+from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_users, summarize
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ class EvalConfig:
     """One reranker row per value: 0 = retriever order, N = mean over N shuffled orders."""
     max_prompt_tokens: int = 1024
     llm_batch_size: int = 8
+    fusion_weights: list[float] = field(default_factory=list)
+    """Score fusion LLM + retriever order (see ``llmrec.llm.reranker.fuse_with_retriever``): the
+    weight is chosen among these (and 0 = the LLM alone) by NDCG@10 on the same users'
+    validation items, reranked by the same model, then applied to ``stage``. Empty = off."""
 
     def __post_init__(self) -> None:
         if self.stage not in ("valid", "test"):
@@ -73,6 +78,14 @@ class EvalConfig:
             raise ConfigError("name at least one method", parameter="methods", value=self.methods)
         if self.rerank and self.retriever not in self.methods:
             self.methods = [*self.methods, self.retriever]
+        if any(w < 0 for w in self.fusion_weights):
+            raise ConfigError("weights must be >= 0", parameter="fusion_weights", value=self.fusion_weights)
+        if self.fusion_weights and self.stage != "test":
+            raise ConfigError(
+                "fusion weights are chosen on the validation stage, so evaluate stage 'test'",
+                parameter="stage",
+                value=self.stage,
+            )
         if self.max_users is not None and self.max_users < 1:
             raise ConfigError("must be >= 1 or None", parameter="max_users", value=self.max_users)
 
@@ -146,6 +159,12 @@ def _fit_all(config: EvalConfig, train: TrainData) -> tuple[dict[str, CandidateG
     return fitted, info
 
 
+def _fit_retriever(config: EvalConfig, train: TrainData) -> CandidateGenerator:
+    gen = build_generator(config.retriever, config.generator_params.get(config.retriever, {}), config.seed)
+    gen.fit(train)
+    return gen
+
+
 def _public_params(gen: CandidateGenerator) -> dict[str, Any]:
     sig = inspect.signature(type(gen).__init__).parameters
     out = {}
@@ -167,6 +186,7 @@ def _evaluate_group(
     config: EvalConfig,
     group: str,
     reranker: Any = None,
+    validation: ValidationView | None = None,
 ) -> dict[str, Any]:
     results: dict[str, MethodResult] = {}
     ranked_by: dict[str, RankedUsers] = {}
@@ -179,25 +199,70 @@ def _evaluate_group(
     out: dict[str, Any] = {"users": len(targets), "methods": {n: r.to_dict() for n, r in results.items()}}
     if reranker is not None:
         out["rerank"] = _rerank_rows(
-            reranker, ranked_by[config.retriever], histories, targets, config, fitted
+            reranker, ranked_by[config.retriever], histories, targets, config, fitted, validation
         )
     return out
 
 
-def _rerank_rows(reranker, ranked: RankedUsers, histories, targets, config: EvalConfig, fitted) -> dict:
-    from llmrec.evaluation.llm_stage import rerank_ranks, summarize_rerank
+@dataclass
+class ValidationView:
+    """The same users one stage earlier, for choosing the fusion weight: the retriever fit
+    without the validation items, their validation histories and items."""
+
+    retriever: CandidateGenerator
+    histories: list
+    targets: np.ndarray
+    allowed: np.ndarray | None
+
+
+def _rerank_rows(
+    reranker, ranked: RankedUsers, histories, targets, config: EvalConfig, fitted, validation=None
+) -> dict:
+    from llmrec.evaluation.llm_stage import choose_weight, rerank_scores, summarize_rerank
     from llmrec.llm.reranker import RerankParams
 
     catalog = fitted[config.retriever].catalog
     rows = {}
+    fusion: dict[str, Any] = {}
     for shuffles in config.shuffles:
         params = RerankParams(shuffles=shuffles, seed=config.seed)
-        result = rerank_ranks(reranker, ranked, histories, targets, catalog, params)
+        scored = rerank_scores(reranker, ranked, histories, catalog, params)
         label = f"{config.retriever} + {config.model}" + (
             f" (mean of {shuffles} shuffles)" if shuffles else ""
         )
+        result = scored.ranks(ranked, targets)
         rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {"shuffles": shuffles}
-    return {"retriever": config.retriever, "template": config.template, "rows": rows}
+        if validation is None or not config.fusion_weights:
+            continue
+        v_ranked = rank_users(
+            validation.retriever,
+            validation.histories,
+            validation.targets,
+            validation.allowed,
+            config.candidate_k,
+            config.batch_size,
+            desc="valid:" + config.retriever,
+        )
+        v_scored = rerank_scores(reranker, v_ranked, validation.histories, catalog, params)
+        weights = sorted({0.0, *config.fusion_weights})
+        weight, table = choose_weight(v_scored, v_ranked, validation.targets, weights)
+        fused = scored.ranks(ranked, targets, weight)
+        fused_label = f"{label}, fused with retriever order (w={weight:g}, chosen on validation)"
+        rows[fused_label] = summarize_rerank(fused_label, fused, ranked.ranks, config.ks) | {
+            "shuffles": shuffles,
+            "retriever_weight": weight,
+        }
+        fusion[label] = {
+            "chosen_weight": weight,
+            "validation_users": len(validation.targets),
+            "validation_retrieved": int(len(v_scored.users)),
+            "validation_ndcg@10": {f"{w:g}": round(v, 4) for w, v in table.items()},
+            "validation_retriever_ndcg@10": round(summarize_ranks(v_ranked.ranks, [10])["ndcg@10"], 4),
+        }
+    out = {"retriever": config.retriever, "template": config.template, "rows": rows}
+    if fusion:
+        out["fusion"] = fusion
+    return out
 
 
 def build_reranker(config: EvalConfig) -> Any:
@@ -232,7 +297,18 @@ def _single_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, li
     targets = split.target(config.stage)[users]
     reranker = build_reranker(config)
     histories = split.histories(config.stage, users)
-    group = _evaluate_group(fitted, histories, targets, None, len(split.catalog), config, "all", reranker)
+    validation = None
+    if reranker is not None and config.fusion_weights:
+        v_users = users[split.target("valid")[users] >= 0]
+        validation = ValidationView(
+            _fit_retriever(config, TrainData(split.catalog, split.sequences("valid"))),
+            split.histories("valid", v_users),
+            split.target("valid")[v_users],
+            None,
+        )
+    group = _evaluate_group(
+        fitted, histories, targets, None, len(split.catalog), config, "all", reranker, validation
+    )
     groups = {"all": {**group, "fit": fit_info, "eligible_users": len(all_users)}}
     protocol = {
         "split": "leave-one-out by (timestamp, item id)"
@@ -259,12 +335,22 @@ def _cross_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, lis
     targets_all = cd.target_split.target(config.stage)
     groups: dict[str, Any] = {}
     reranker = build_reranker(config)
+    v_retriever = None
+    if reranker is not None and config.fusion_weights:
+        v_retriever = _fit_retriever(config, TrainData(cd.catalog, cd.fit_sequences("valid")))
     for group in ("warm", "cold"):
         eligible = cd.users(group, config.stage)
         users = _sample_users(eligible, config)
         histories = cd.histories(group, config.stage, users)
+        validation = None
+        if v_retriever is not None:
+            v_targets = cd.target_split.target("valid")
+            v_users = users[v_targets[users] >= 0]
+            validation = ValidationView(
+                v_retriever, cd.histories(group, "valid", v_users), v_targets[v_users], allowed
+            )
         groups[group] = _evaluate_group(
-            fitted, histories, targets_all[users], allowed, n_eligible, config, group, reranker
+            fitted, histories, targets_all[users], allowed, n_eligible, config, group, reranker, validation
         )
         groups[group].update(fit=fit_info, eligible_users=len(eligible))
     protocol = {

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from llmrec.data.catalog import History, ItemCatalog
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import RankedUsers
-from llmrec.llm.reranker import LLMReranker, RerankParams, rerank_order
+from llmrec.llm.reranker import LLMReranker, RerankParams, fuse_with_retriever, rerank_order
 from llmrec.pipeline import history_titles
 
 
@@ -31,6 +31,48 @@ class RerankResult:
     retrieved: np.ndarray
     seconds: float
     prompts: int
+    retriever_weight: float = 0.0
+
+
+@dataclass
+class RerankScores:
+    """The LLM's scores of the retrieved users' candidate lists (retriever order)."""
+
+    users: np.ndarray
+    candidates: list[list[int]]
+    scores: list[np.ndarray]
+    seconds: float
+    prompts: int
+
+    def ranks(self, ranked: RankedUsers, targets: np.ndarray, retriever_weight: float = 0.0) -> RerankResult:
+        """Final 1-based ranks of every user with this fusion weight (0 = the LLM alone)."""
+        final = ranked.ranks.copy()
+        for u, row, s in zip(self.users, self.candidates, self.scores, strict=True):
+            order = rerank_order(fuse_with_retriever(s, retriever_weight))
+            final[u] = int(np.flatnonzero(np.asarray(row)[order] == targets[u])[0]) + 1
+        retrieved = np.zeros(len(final), dtype=bool)
+        retrieved[self.users] = True
+        return RerankResult(final, retrieved, self.seconds, self.prompts, retriever_weight)
+
+
+def rerank_scores(
+    reranker: LLMReranker,
+    ranked: RankedUsers,
+    histories: Sequence[History],
+    catalog: ItemCatalog,
+    params: RerankParams,
+) -> RerankScores:
+    """Score the candidate lists of the users whose held-out item the retriever found."""
+    k = ranked.candidates.shape[1]
+    users = np.flatnonzero(ranked.ranks <= k)
+    cand_rows = [[int(i) for i in ranked.candidates[u] if i >= 0] for u in users]
+    titles = [[catalog.titles[i] for i in row] for row in cand_rows]
+    hist = [history_titles(histories[u], catalog) for u in users]
+    start = time.perf_counter()
+    scores = reranker.score(hist, titles, replace(params, retriever_weight=0.0))
+    seconds = time.perf_counter() - start
+    n_prompts = len(users) * (max(1, params.shuffles) if reranker.template.task == "listwise" else k)
+    return RerankScores(users, cand_rows, scores, seconds, n_prompts)
 
 
 def rerank_ranks(
@@ -42,21 +84,21 @@ def rerank_ranks(
     params: RerankParams,
 ) -> RerankResult:
     """Final 1-based ranks after reranking the retrieved users' candidate lists."""
-    k = ranked.candidates.shape[1]
-    retrieved = ranked.ranks <= k
-    users = np.flatnonzero(retrieved)
-    cand_rows = [[int(i) for i in ranked.candidates[u] if i >= 0] for u in users]
-    titles = [[catalog.titles[i] for i in row] for row in cand_rows]
-    hist = [history_titles(histories[u], catalog) for u in users]
-    start = time.perf_counter()
-    scores = reranker.score(hist, titles, params)
-    seconds = time.perf_counter() - start
-    final = ranked.ranks.copy()
-    for u, row, s in zip(users, cand_rows, scores, strict=True):
-        order = rerank_order(s)
-        final[u] = int(np.flatnonzero(np.asarray(row)[order] == targets[u])[0]) + 1
-    n_prompts = len(users) * (max(1, params.shuffles) if reranker.template.task == "listwise" else k)
-    return RerankResult(ranks=final, retrieved=retrieved, seconds=seconds, prompts=n_prompts)
+    scored = rerank_scores(reranker, ranked, histories, catalog, params)
+    return scored.ranks(ranked, targets, params.retriever_weight)
+
+
+def choose_weight(
+    scored: RerankScores, ranked: RankedUsers, targets: np.ndarray, weights: Sequence[float]
+) -> tuple[float, dict[float, float]]:
+    """The fusion weight with the best NDCG@10 on these (validation) users, ties to the
+    smallest, and the NDCG@10 of every weight."""
+    table = {
+        float(w): summarize_ranks(scored.ranks(ranked, targets, w).ranks, [10])["ndcg@10"]
+        for w in sorted(set(weights))
+    }
+    best = max(table.items(), key=lambda kv: (round(kv[1], 12), -kv[0]))[0]
+    return best, table
 
 
 def summarize_rerank(name: str, result: RerankResult, retriever_ranks: np.ndarray, ks: Sequence[int]) -> dict:

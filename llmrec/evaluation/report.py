@@ -70,6 +70,13 @@ def _rerank_table(body: dict[str, Any], ks: list[int]) -> list[str]:
         vals.append(f"{row['users_per_second']:.2f}")
         lines.append(f"| {label} | " + " | ".join(vals) + " |")
     lines.append(f"\nretrieved users: {first['retrieved_users']} of {body['users']}")
+    for label, fusion in rr.get("fusion", {}).items():
+        table = ", ".join(f"w={w}: {v:.4f}" for w, v in fusion["validation_ndcg@10"].items())
+        lines.append(
+            f"\nfusion weight for '{label}' chosen on {fusion['validation_users']} validation users "
+            f"({fusion['validation_retrieved']} retrieved): NDCG@10 {table}; "
+            f"retriever alone {fusion['validation_retriever_ndcg@10']:.4f}"
+        )
     return lines
 
 
@@ -87,7 +94,10 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
     for ax, (group, body) in zip(axes[0], groups.items()):
         rows = {n: r["metrics"] for n, r in body["methods"].items()}
         for row in body.get("rerank", {}).get("rows", {}).values():
-            rows["LLM rerank" + (f" x{row['shuffles']}" if row["shuffles"] else "")] = row["metrics"]
+            name = "LLM rerank" + (f" x{row['shuffles']}" if row["shuffles"] else "")
+            if "retriever_weight" in row:
+                name += f" + fusion w={row['retriever_weight']:g}"
+            rows[name] = row["metrics"]
         names = list(rows)
         ndcg = [rows[n].get("ndcg@10", 0.0) for n in names]
         rec = [rows[n].get("recall@10", 0.0) for n in names]

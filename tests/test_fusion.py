@@ -1,0 +1,57 @@
+"""Score fusion of the LLM's candidate scores with the retriever order, and its weight choice."""
+
+import numpy as np
+import pytest
+
+from llmrec.errors import ConfigError
+from llmrec.evaluation.experiment import EvalConfig
+from llmrec.evaluation.llm_stage import RerankScores, choose_weight
+from llmrec.evaluation.retrieval import RankedUsers
+from llmrec.llm.reranker import RerankParams, fuse_with_retriever, rerank_order
+
+
+def test_zero_weight_keeps_the_llm_order_and_a_large_one_the_retriever_order():
+    llm = np.array([-5.0, -1.0, -3.0, -0.5])
+    assert list(rerank_order(fuse_with_retriever(llm, 0.0))) == [3, 1, 2, 0]
+    assert list(rerank_order(fuse_with_retriever(llm, 100.0))) == [0, 1, 2, 3]
+
+
+def test_moderate_weight_lets_a_confident_llm_overrule_the_retriever_but_not_a_hesitant_one():
+    confident = np.array([-9.0, 0.0, -9.0])  # the LLM is sure about candidate 1
+    hesitant = np.array([-1.0, -0.9, -1.0])  # nearly uniform
+    assert rerank_order(fuse_with_retriever(confident, 1.0))[0] == 1
+    assert rerank_order(fuse_with_retriever(hesitant, 1.0))[0] == 0
+
+
+def test_fusion_is_invariant_to_a_constant_shift_of_the_llm_scores():
+    llm = np.array([-2.0, -1.0, -4.0])
+    np.testing.assert_allclose(fuse_with_retriever(llm, 2.0), fuse_with_retriever(llm + 50.0, 2.0))
+
+
+def _scored(llm_rows, targets_pos):
+    """Two users, 3 candidates each, items 0..5; the retriever ranks the target at targets_pos."""
+    cands = np.array([[0, 1, 2], [3, 4, 5]])
+    targets = np.array([cands[u, p] for u, p in enumerate(targets_pos)])
+    ranked = RankedUsers(np.array(targets_pos) + 1, cands, np.zeros(2, bool), 0.0)
+    scored = RerankScores(np.arange(2), cands.tolist(), [np.asarray(r, float) for r in llm_rows], 0.0, 2)
+    return scored, ranked, targets
+
+
+def test_choose_weight_picks_the_validation_argmax():
+    # the LLM puts both targets first: weight 0 is best
+    scored, ranked, targets = _scored([[-3, -2, -0.1], [-3, -0.1, -2]], [2, 1])
+    weight, table = choose_weight(scored, ranked, targets, [0.0, 1.0, 50.0])
+    assert weight == 0.0 and table[0.0] > table[50.0]
+    # the LLM is wrong and the retriever right: a large weight wins
+    scored, ranked, targets = _scored([[-3, -0.1, -2], [-0.1, -3, -2]], [0, 1])
+    weight, _ = choose_weight(scored, ranked, targets, [0.0, 50.0])
+    assert weight == 50.0
+
+
+def test_bad_fusion_settings_are_refused():
+    with pytest.raises(ConfigError, match="retriever_weight"):
+        RerankParams(retriever_weight=-1)
+    with pytest.raises(ConfigError, match="fusion_weights"):
+        EvalConfig(fusion_weights=[-0.5])
+    with pytest.raises(ConfigError, match="stage"):
+        EvalConfig(fusion_weights=[1.0], stage="valid")
