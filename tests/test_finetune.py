@@ -148,6 +148,27 @@ def test_source_domain_examples_stay_in_the_source_domain(arts_office_dir, smoll
     assert not office_held_out & {i for row in via_cd["candidate_items"] for i in row}
 
 
+def test_target_domain_tuning_leaves_out_the_cold_start_users(arts_office_dir):
+    from llmrec.data import clean, cross_domain_split, leave_one_out, load_dataset
+    from llmrec.finetune.run import _training_users
+
+    data = clean(load_dataset(arts_office_dir))
+    office = leave_one_out(data, domain="office")
+    cfg = FinetuneConfig(domain="office", cold_start_source="arts", seed=3)
+    cd = cross_domain_split(data, "arts", "office", cfg.cold_fraction, seed=3)
+    cold_ids = set(cd.user_ids[cd.cold].tolist())
+    assert len(cold_ids) > 100
+    trained_ids = set(office.user_ids[_training_users(data, office, cfg)].tolist())
+    assert trained_ids and not trained_ids & cold_ids
+    few_cfg = FinetuneConfig(domain="office", cold_start_source="arts", train_users=64)
+    default_cold = cross_domain_split(data, "arts", "office")
+    few = _training_users(data, office, few_cfg)
+    assert len(few) == 64
+    assert not set(office.user_ids[few].tolist()) & set(default_cold.user_ids[default_cold.cold].tolist())
+    with pytest.raises(ConfigError, match="domain"):
+        _training_users(data, office, FinetuneConfig(cold_start_source="arts"))
+
+
 def test_tokenized_examples_put_the_loss_on_the_label_only(ml_small_split, retriever, renderer):
     tok = renderer.tokenizer
     ds = build_examples(ml_small_split, None, retriever, renderer, users=[0, 1], progress=False)

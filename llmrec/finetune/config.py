@@ -61,6 +61,12 @@ class FinetuneConfig:
     train_users: int | None = None
     """Few-shot: a seeded sample of this many users (None = all)."""
     max_prompt_tokens: int = 1024
+    cold_start_source: str | None = None
+    """Tuning on the target domain of a cross-domain evaluation: that evaluation's source
+    domain. Its cold-start users (drawn exactly as ``llmrec evaluate --source S --target
+    <domain> --cold-fraction F --seed <seed>`` draws them) are left out of training, so the
+    target history hidden from them at test time never reaches the adapter."""
+    cold_fraction: float = 0.2
     # --- evaluation and selection ---
     eval_users: int = 64
     """Validation users for the ranking metric (among those whose item is retrieved); 0 = none."""
@@ -121,6 +127,8 @@ class FinetuneConfig:
                 raise ConfigError("must be >= 1", parameter=name, value=getattr(self, name))
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("must be in [0, 1)", parameter="lora_dropout", value=self.lora_dropout)
+        if not 0.0 <= self.cold_fraction < 1.0:
+            raise ConfigError("must be in [0, 1)", parameter="cold_fraction", value=self.cold_fraction)
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ConfigError("must be in [0, 1]", parameter="hard_fraction", value=self.hard_fraction)
         if not self.target_modules:

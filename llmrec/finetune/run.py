@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from llmrec.candidates import TrainData
-from llmrec.data import CleaningConfig, clean, leave_one_out, load_dataset
+from llmrec.data import CleaningConfig, clean, cross_domain_split, leave_one_out, load_dataset
+from llmrec.data.schema import RecDataset
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import ConfigError
 from llmrec.evaluation.experiment import build_generator
 from llmrec.finetune.config import FinetuneConfig
@@ -37,7 +41,7 @@ def run_finetune(config: FinetuneConfig) -> Path:
     retriever.fit(TrainData(split.catalog, split.sequences("valid")))
     template = PromptTemplate.load(config.template)
     renderer = PromptRenderer(template, load_tokenizer(resolve_model(config.model)), config.max_prompt_tokens)
-    users = None if config.train_users is None else sample_users(split, config.train_users, config.seed)
+    users = _training_users(data, split, config)
     allowed = split.catalog.domain_mask(config.domain)
     examples = build_examples(
         split,
@@ -63,3 +67,28 @@ def run_finetune(config: FinetuneConfig) -> Path:
             max_prompt_tokens=config.max_prompt_tokens,
         )
     return finetune(config, examples, evaluator)
+
+
+def _training_users(data: RecDataset, split: LeaveOneOutSplit, config: FinetuneConfig) -> np.ndarray | None:
+    """Users whose histories become examples: all (None), a few-shot sample, minus cold-start users."""
+    if config.cold_start_source is None:
+        return None if config.train_users is None else sample_users(split, config.train_users, config.seed)
+    if config.domain is None:
+        raise ConfigError(
+            "cold_start_source needs the target domain to tune on",
+            parameter="domain",
+            value=config.domain,
+        )
+    cd = cross_domain_split(data, config.cold_start_source, config.domain, config.cold_fraction, config.seed)
+    cold_ids = set(cd.user_ids[cd.cold].tolist())
+    empty = np.zeros(0, dtype=np.int64)
+    seqs = [empty if uid in cold_ids else s for uid, s in zip(split.user_ids.tolist(), split.train)]
+    users = sample_users(seqs, config.train_users or len(seqs), config.seed)
+    logger.info(
+        "%d cold-start users of %s -> %s left out; %d training users",
+        len(cold_ids),
+        config.cold_start_source,
+        config.domain,
+        len(users),
+    )
+    return users
