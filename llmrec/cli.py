@@ -27,6 +27,14 @@ DatasetArg = Annotated[
 ]
 KCore = Annotated[int, typer.Option(help="Iterative k-core on users and items (0 = off).")]
 MinRating = Annotated[float | None, typer.Option(help="Keep interactions with rating >= this.")]
+Backend = Annotated[
+    str,
+    typer.Option(help="LLM engine: transformers, vllm (in-process) or vllm-server (see serve-model)."),
+]
+ServerUrl = Annotated[
+    str | None,
+    typer.Option(help="vllm-server backend: the server's base URL (default http://127.0.0.1:8000/v1)."),
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -178,7 +186,8 @@ def recommend(
     ),
     adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder for the model.")] = None,
     quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (bitsandbytes).")] = "none",
-    backend: Annotated[str, typer.Option(help="LLM engine: transformers.")] = "transformers",
+    backend: Backend = "transformers",
+    server_url: ServerUrl = None,
     template: Annotated[str, typer.Option(help="Prompt template name in prompts/ or a .jinja path.")] = (
         "listwise"
     ),
@@ -205,7 +214,12 @@ def recommend(
         reranker = None
         if not no_llm:
             reranker = load_reranker(
-                model, backend=backend, template=template, adapter=adapter, quantization=quantization
+                model,
+                backend=backend,
+                server_url=server_url,
+                template=template,
+                adapter=adapter,
+                quantization=quantization,
             )
         rec = Recommender(gen, reranker, num_candidates=num_candidates)
         params = RerankParams(
@@ -263,6 +277,8 @@ def evaluate(
     ),
     adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder for the model.")] = None,
     quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (bitsandbytes).")] = "none",
+    backend: Backend = "transformers",
+    server_url: ServerUrl = None,
     template: Annotated[str, typer.Option(help="Prompt template of the reranker.")] = "listwise",
     shuffles: Annotated[
         str,
@@ -311,6 +327,8 @@ def evaluate(
         model=model,
         adapter=adapter,
         quantization=quantization,
+        backend=backend,
+        server_url=server_url,
         template=template,
         shuffles=[int(x) for x in shuffles.split(",") if x.strip()],
         max_users=max_users,
@@ -382,3 +400,51 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command("serve-model")
+def serve_model(
+    model: Annotated[str, typer.Option(help="Hub id, local folder, or 'smollm2-135m-instruct'.")] = (
+        "smollm2-135m-instruct"
+    ),
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=ADAPTER_FOLDER, repeatable: LoRA adapters served by name (one per domain)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_model_len: Annotated[int, typer.Option(help="Longest prompt + answer in tokens.")] = 2048,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU / native-bf16 CPUs, else float32).")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start a local vLLM OpenAI-compatible server for `--backend vllm-server`; Ctrl-C stops it."""
+    from llmrec.errors import LlmrecError
+    from llmrec.llm.vllm_server import VLLMServer
+
+    _setup_logging(verbose)
+    adapters: dict[str, str] = {}
+    for spec in lora or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            _fail(ValueError(f"--lora must be NAME=ADAPTER_FOLDER, got {spec!r}"))
+        adapters[name] = path
+    server = VLLMServer(
+        model=model, adapters=adapters, host=host, port=port, max_model_len=max_model_len, dtype=dtype
+    )
+    try:
+        server.start()
+    except (LlmrecError, ImportError) as err:
+        _fail(err)
+    typer.echo(
+        f"vLLM server ready at {server.base_url} (model {model!r}"
+        + (f", adapters {sorted(adapters)}" if adapters else "")
+        + f"); log: {server.log_file}"
+    )
+    typer.echo(f"use it with: llmrec recommend --backend vllm-server --server-url {server.base_url} ...")
+    try:
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        typer.echo("stopping the vLLM server")
+    finally:
+        server.stop()

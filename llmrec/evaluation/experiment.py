@@ -53,7 +53,12 @@ class EvalConfig:
     retriever: str = "fused"
     """Whose top-``candidate_k`` lists the LLM reranks."""
     model: str = "smollm2-135m-instruct"
+    backend: str = "transformers"
+    """'transformers', 'vllm' (in-process) or 'vllm-server' (see ``server_url``)."""
+    server_url: str | None = None
+    """Base URL of a running vLLM server for backend 'vllm-server' (default loopback:8000)."""
     adapter: str | None = None
+    """PEFT adapter folder ('transformers', 'vllm') or a served LoRA module name ('vllm-server')."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
     template: str = "listwise"
     shuffles: list[int] = field(default_factory=lambda: [0])
@@ -117,7 +122,8 @@ def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[s
         groups, protocol, log = _cross_domain(data, config)
     if config.rerank:
         protocol["rerank"] = (
-            f"{config.model} ({config.template} template, one forward pass, label log-probs) reranks "
+            f"{config.model} via {config.backend} ({config.template} template, one forward pass, "
+            "label log-probs) reranks "
             f"the {config.retriever} top-{config.candidate_k} of users whose held-out item is in it; "
             "the other users keep the retriever's rank; metrics = mean over all users (LlamaRec)"
         )
@@ -273,6 +279,8 @@ def build_reranker(config: EvalConfig) -> Any:
 
     return load_reranker(
         config.model,
+        backend=config.backend,
+        server_url=config.server_url,
         template=config.template,
         adapter=config.adapter,
         quantization=config.quantization,

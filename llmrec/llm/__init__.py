@@ -4,6 +4,70 @@ from __future__ import annotations
 
 from typing import Any
 
+BACKENDS = ("transformers", "vllm", "vllm-server")
+"""'transformers' (CPU/GPU, bitsandbytes), 'vllm' (in-process engine), 'vllm-server'
+(a running OpenAI-compatible vLLM server, see ``llmrec serve-model``)."""
+
+
+def load_backend(
+    model: str = "smollm2-135m-instruct",
+    *,
+    backend: str = "transformers",
+    adapter: str | None = None,
+    quantization: str = "none",
+    batch_size: int = 8,
+    server_url: str | None = None,
+    **backend_options: Any,
+):
+    """Load one scoring engine (see :data:`BACKENDS`).
+
+    ``adapter`` is a PEFT adapter folder for 'transformers' and 'vllm', and the name of one of
+    the server's LoRA modules for 'vllm-server'. ``quantization`` '4bit'/'8bit' is bitsandbytes:
+    transformers everywhere, vLLM on GPU only.
+    """
+    from llmrec.errors import ConfigError
+
+    if backend == "transformers":
+        from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
+
+        return TransformersBackend(
+            TransformersConfig(
+                model=model,
+                adapter=adapter,
+                quantization=quantization,
+                batch_size=batch_size,
+                **backend_options,
+            )
+        )
+    if backend == "vllm":
+        from llmrec.llm.vllm_backend import VLLMBackend, VLLMConfig
+
+        options = dict(backend_options)
+        if quantization != "none":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "bitsandbytes quantization in vLLM needs a GPU (the CPU build has none): use "
+                    "--quantization none, or --backend transformers",
+                    parameter="quantization",
+                    value=quantization,
+                )
+            options.setdefault("engine_args", {})["quantization"] = "bitsandbytes"
+        return VLLMBackend(VLLMConfig(model=model, adapter=adapter, **options))
+    if backend == "vllm-server":
+        from llmrec.llm.vllm_server import VLLMServerBackend, VLLMServerConfig
+
+        if quantization != "none":
+            raise ConfigError(
+                "the server's quantization is chosen when it starts",
+                parameter="quantization",
+                value=quantization,
+            )
+        url = {"base_url": server_url} if server_url else {}
+        return VLLMServerBackend(VLLMServerConfig(model=model, adapter=adapter, **url, **backend_options))
+    raise ConfigError(f"supported backends: {', '.join(BACKENDS)}", parameter="backend", value=backend)
+
 
 def load_reranker(
     model: str = "smollm2-135m-instruct",
@@ -14,19 +78,19 @@ def load_reranker(
     quantization: str = "none",
     batch_size: int = 8,
     max_prompt_tokens: int = 1024,
+    server_url: str | None = None,
     **backend_options: Any,
 ):
     """Load an engine once and wrap it in an :class:`~llmrec.llm.reranker.LLMReranker`."""
-    from llmrec.errors import ConfigError
     from llmrec.llm.reranker import LLMReranker
 
-    if backend != "transformers":
-        raise ConfigError("supported backends: transformers", parameter="backend", value=backend)
-    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
-
-    engine = TransformersBackend(
-        TransformersConfig(
-            model=model, adapter=adapter, quantization=quantization, batch_size=batch_size, **backend_options
-        )
+    engine = load_backend(
+        model,
+        backend=backend,
+        adapter=adapter,
+        quantization=quantization,
+        batch_size=batch_size,
+        server_url=server_url,
+        **backend_options,
     )
     return LLMReranker(engine, template, max_prompt_tokens=max_prompt_tokens)
