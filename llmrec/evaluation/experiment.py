@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,7 +68,8 @@ class EvalConfig:
     llm_batch_size: int = 8
     fusion_weights: list[float] = field(default_factory=list)
     """Score fusion LLM + retriever order (see ``llmrec.llm.reranker.fuse_with_retriever``): the
-    weight is chosen among these (and 0 = the LLM alone) by NDCG@10 on the same users'
+    weight is chosen among these, 0 (the LLM alone) and infinity (the retriever's order kept,
+    so the choice is never worse than the retriever on validation) by NDCG@10 on the same users'
     validation items, reranked by the same model, then applied to ``stage``. Empty = off."""
 
     def __post_init__(self) -> None:
@@ -250,10 +252,11 @@ def _rerank_rows(
             desc="valid:" + config.retriever,
         )
         v_scored = rerank_scores(reranker, v_ranked, validation.histories, catalog, params)
-        weights = sorted({0.0, *config.fusion_weights})
+        weights = sorted({0.0, *config.fusion_weights, math.inf})
         weight, table = choose_weight(v_scored, v_ranked, validation.targets, weights)
         fused = scored.ranks(ranked, targets, weight)
         fused_label = f"{label}, fused with retriever order (w={weight:g}, chosen on validation)"
+        weight = weight if math.isfinite(weight) else "inf"  # JSON has no infinity
         rows[fused_label] = summarize_rerank(fused_label, fused, ranked.ranks, config.ks) | {
             "shuffles": shuffles,
             "retriever_weight": weight,

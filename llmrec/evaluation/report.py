@@ -96,7 +96,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
         for row in body.get("rerank", {}).get("rows", {}).values():
             name = "LLM rerank" + (f" x{row['shuffles']}" if row["shuffles"] else "")
             if "retriever_weight" in row:
-                name += f" + fusion w={row['retriever_weight']:g}"
+                name += f" + fusion w={row['retriever_weight']}"
             rows[name] = row["metrics"]
         names = list(rows)
         ndcg = [rows[n].get("ndcg@10", 0.0) for n in names]

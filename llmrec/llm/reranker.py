@@ -153,12 +153,15 @@ def fuse_with_retriever(llm_scores: np.ndarray, weight: float) -> np.ndarray:
 
     ``log_softmax(llm_scores) + weight * log(1 / (position + 1))``: the LLM's distribution over
     the candidates times a Zipf prior over the retriever's ranks raised to ``weight``. 0 keeps
-    the LLM's order; a large weight keeps the retriever's order, the LLM breaking near-ties.
+    the LLM's order; a large weight keeps the retriever's order, the LLM breaking near-ties;
+    ``inf`` is the retriever's order exactly.
     Both terms are scale-free, so one weight transfers across users and list lengths.
     """
     llm = np.asarray(llm_scores, dtype=np.float64)
     if weight == 0:
         return llm
+    if np.isinf(weight):  # the retriever's order; the LLM has no say
+        return -np.arange(len(llm), dtype=np.float64)
     shifted = llm - llm.max()
     log_probs = shifted - np.log(np.exp(shifted).sum())
     return log_probs - weight * np.log1p(np.arange(len(llm), dtype=np.float64))
