@@ -232,16 +232,8 @@ def _rerank_rows(
     catalog = fitted[config.retriever].catalog
     rows = {}
     fusion: dict[str, Any] = {}
-    for shuffles in config.shuffles:
-        params = RerankParams(shuffles=shuffles, seed=config.seed)
-        scored = rerank_scores(reranker, ranked, histories, catalog, params)
-        label = f"{config.retriever} + {config.model}" + (
-            f" (mean of {shuffles} shuffles)" if shuffles else ""
-        )
-        result = scored.ranks(ranked, targets)
-        rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {"shuffles": shuffles}
-        if validation is None or not config.fusion_weights:
-            continue
+    v_ranked = None  # the validation users' candidate lists, shared by every shuffles row
+    if validation is not None and config.fusion_weights:
         v_ranked = rank_users(
             validation.retriever,
             validation.histories,
@@ -251,6 +243,16 @@ def _rerank_rows(
             config.batch_size,
             desc="valid:" + config.retriever,
         )
+    for shuffles in config.shuffles:
+        params = RerankParams(shuffles=shuffles, seed=config.seed)
+        scored = rerank_scores(reranker, ranked, histories, catalog, params)
+        label = f"{config.retriever} + {config.model}" + (
+            f" (mean of {shuffles} shuffles)" if shuffles else ""
+        )
+        result = scored.ranks(ranked, targets)
+        rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {"shuffles": shuffles}
+        if v_ranked is None:
+            continue
         v_scored = rerank_scores(reranker, v_ranked, validation.histories, catalog, params)
         weights = sorted({0.0, *config.fusion_weights, math.inf})
         weight, table = choose_weight(v_scored, v_ranked, validation.targets, weights)

@@ -13,6 +13,7 @@ LoRA adapters from ``llmrec finetune`` are registered by name and applied per re
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -120,12 +121,7 @@ def read_label_logprobs(step: Mapping[int, Any], token_ids: Sequence[int], where
 class VLLMBackend:
     """:class:`~llmrec.llm.backend.ScoringBackend` over an in-process ``vllm.LLM``."""
 
-    def __init__(self, config: VLLMConfig | None = None, *, _engine: VLLMBackend | None = None) -> None:
-        if _engine is not None:  # a view on another backend's engine (see for_adapter)
-            self.config, self.llm, self.tokenizer = _engine.config, _engine.llm, _engine.tokenizer
-            self.model_name, self.device, self._loras = _engine.model_name, _engine.device, _engine._loras
-            self.adapter_name: str | None = None
-            return
+    def __init__(self, config: VLLMConfig | None = None) -> None:
         self.config = config = config or VLLMConfig()
         vllm = import_vllm()
         import torch
@@ -160,13 +156,13 @@ class VLLMBackend:
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._loras = lora_requests(adapters) if adapters else {}
-        self.adapter_name = "default" if config.adapter else None
+        self.adapter_name: str | None = "default" if config.adapter else None
 
     def for_adapter(self, name: str | None) -> VLLMBackend:
         """The same engine with adapter ``name`` on every request (None = the base model)."""
         if name is not None and name not in self._loras:
             raise ConfigError(f"known adapters: {sorted(self._loras)}", parameter="adapter", value=name)
-        view = VLLMBackend(_engine=self)
+        view = copy.copy(self)  # shares the engine, tokenizer and registered adapters
         view.adapter_name = name
         return view
 

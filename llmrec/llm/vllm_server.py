@@ -13,6 +13,7 @@ is the same server; the CPU wheel's ``vllm`` script does not start) on loopback,
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -85,8 +86,7 @@ class VLLMServerBackend:
 
     def for_adapter(self, name: str | None) -> VLLMServerBackend:
         """The same server and tokenizer, scoring with LoRA module ``name`` (None = base model)."""
-        view = object.__new__(VLLMServerBackend)
-        view.__dict__.update(self.__dict__)
+        view = copy.copy(self)  # shares the configuration and the tokenizer
         view.adapter_name = name
         return view
 
