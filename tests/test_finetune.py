@@ -126,6 +126,33 @@ def test_hard_negatives_come_from_the_retriever(ml_small_split, retriever, rende
         build_examples(split, None, None, renderer, hard_fraction=0.5, **common)
 
 
+def test_retriever_ordered_examples_are_the_retrievers_own_list(ml_small_split, retriever, renderer):
+    split = ml_small_split
+    users = sample_users(split, 60, seed=2)
+    ordered = {"hard_fraction": 1.0, "windows": 3, "candidate_order": "retriever"}
+    ds = build_examples(split, None, retriever, renderer, users=users, progress=False, **ordered)
+    assert 0 < len(ds) < 3 * len(users)  # targets the retriever misses give no example
+    labels = renderer.template.labels
+    for row in ds:
+        u = row["user"]
+        seen = set(split.train[u].tolist()) | {int(split.valid[u]), int(split.test[u])}
+        hist = History(items=np.asarray(row["history_items"]))
+        top = retriever.candidates([hist], k=40).items[0].tolist()
+        # The user's other items are removed; what is left keeps the retriever's order.
+        expected = [i for i in top if i == row["target_item"] or i not in seen][:20]
+        assert row["candidate_items"] == expected
+        assert row["candidate_items"][labels.index(row["completion"])] == row["target_item"]
+    # In the retriever's order the label carries its position prior: early letters dominate.
+    counts = np.bincount([labels.index(c) for c in ds["completion"]], minlength=20)
+    assert counts[:5].sum() > counts[5:].sum()
+    with pytest.raises(ConfigError, match="hard_fraction"):
+        build_examples(split, None, retriever, renderer, hard_fraction=0.5, candidate_order="retriever")
+    with pytest.raises(ConfigError, match="candidate_order"):
+        build_examples(split, None, retriever, renderer, candidate_order="random")
+    with pytest.raises(ConfigError, match="hard_fraction"):
+        FinetuneConfig(candidate_order="retriever")
+
+
 def test_source_domain_examples_stay_in_the_source_domain(arts_office_dir, smollm_tokenizer):
     from llmrec.data import clean, cross_domain_split, leave_one_out, load_dataset
 

@@ -58,6 +58,10 @@ class FinetuneConfig:
     windows: int = 1
     """Targets per user: the last ``windows`` training positions (sliding window)."""
     hard_fraction: float = 0.5
+    candidate_order: str = "shuffled"
+    """``shuffled``: target + negatives in random order (no position information);
+    ``retriever``: the retriever's top list in its order, as at test time, only examples
+    whose target it retrieves (needs ``hard_fraction: 1``)."""
     train_users: int | None = None
     """Few-shot: a seeded sample of this many users (None = all)."""
     max_prompt_tokens: int = 1024
@@ -131,6 +135,16 @@ class FinetuneConfig:
             raise ConfigError("must be in [0, 1)", parameter="cold_fraction", value=self.cold_fraction)
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ConfigError("must be in [0, 1]", parameter="hard_fraction", value=self.hard_fraction)
+        if self.candidate_order not in ("shuffled", "retriever"):
+            raise ConfigError(
+                "must be shuffled or retriever", parameter="candidate_order", value=self.candidate_order
+            )
+        if self.candidate_order == "retriever" and self.hard_fraction != 1.0:
+            raise ConfigError(
+                "candidate_order 'retriever' takes every candidate from the retriever; set hard_fraction: 1",
+                parameter="hard_fraction",
+                value=self.hard_fraction,
+            )
         if not self.target_modules:
             raise ConfigError(
                 "name at least one module", parameter="target_modules", value=self.target_modules

@@ -9,6 +9,11 @@ catalog items. Negatives never include anything the user interacted with (valida
 and test items included), and the candidate order is shuffled with a per-example seeded
 RNG, so the label letter carries no position information.
 
+``candidate_order="retriever"`` instead builds exactly what the reranker sees at test
+time: the retriever's top-``n_candidates`` list for the history, in the retriever's
+order, kept only when the target is in it (the reranker cannot change anyone else's
+rank). The model then learns the retriever's position prior and what to change about it.
+
 Leakage guarantee for a :class:`~llmrec.data.LeaveOneOutSplit`: history and target come
 from ``split.train`` only and negatives exclude every item of the user, so neither the
 validation nor the test item of a user can appear in any of that user's prompts. Fit the
@@ -46,6 +51,9 @@ COLUMNS = (
 )
 """Columns of :func:`build_examples`' dataset. ``position`` is the target's index in the user's
 training sequence; ``candidate_items`` lists the candidates in prompt (label) order."""
+
+CANDIDATE_ORDERS = ("shuffled", "retriever")
+"""How training candidates are chosen and ordered (see the module docstring)."""
 
 
 @dataclass
@@ -179,6 +187,28 @@ def _random_negatives(
     return out + rest[: n - len(out)]
 
 
+def _shuffled_candidates(
+    rng: np.random.Generator,
+    target: int,
+    hard_row: np.ndarray,
+    banned: set[int],
+    pool: np.ndarray,
+    n_hard: int,
+    n_neg: int,
+    user: int,
+) -> np.ndarray:
+    """Target + ``n_hard`` retrieved + random negatives, in a seeded random order."""
+    negatives: list[int] = []
+    for item in hard_row.tolist():
+        if len(negatives) == n_hard:
+            break
+        if item >= 0 and item not in banned:
+            banned.add(item)
+            negatives.append(item)
+    negatives += _random_negatives(rng, pool, banned, n_neg - len(negatives), user)
+    return np.array([target, *negatives], dtype=np.int64)[rng.permutation(n_neg + 1)]
+
+
 def build_examples(
     source: LeaveOneOutSplit | CrossDomainSplit | Sequence[np.ndarray],
     catalog: ItemCatalog | None,
@@ -192,6 +222,7 @@ def build_examples(
     seed: int = 0,
     seen: Sequence[np.ndarray] | None = None,
     allowed: np.ndarray | None = None,
+    candidate_order: str = "shuffled",
     progress: bool = True,
 ) -> Dataset:
     """Prompt/completion examples for supervised tuning of the listwise reranker.
@@ -227,6 +258,10 @@ def build_examples(
         Boolean item mask of possible candidates. Default: the items of the domain(s) the
         sequences come from (all items for single-domain data; the source domain for a
         :class:`CrossDomainSplit`).
+    candidate_order:
+        ``"shuffled"`` (target + negatives in a seeded random order) or ``"retriever"``
+        (the retriever's own top list in its order, examples whose target it misses are
+        dropped; needs ``hard_fraction=1``).
 
     Returns a :class:`datasets.Dataset` with the columns in :data:`COLUMNS`, ordered by user
     then position (latest first).
@@ -252,6 +287,19 @@ def build_examples(
         )
     if windows < 1:
         raise ConfigError("must be >= 1", parameter="windows", value=windows)
+    if candidate_order not in CANDIDATE_ORDERS:
+        raise ConfigError(
+            f"must be one of {', '.join(CANDIDATE_ORDERS)}",
+            parameter="candidate_order",
+            value=candidate_order,
+        )
+    in_retriever_order = candidate_order == "retriever"
+    if in_retriever_order and hard_fraction != 1.0:
+        raise ConfigError(
+            "candidate_order 'retriever' takes every candidate from the retriever; set hard_fraction to 1",
+            parameter="hard_fraction",
+            value=hard_fraction,
+        )
     src = _resolve_source(source, catalog, seen, allowed)
     n_users = len(src.sequences)
     users_arr = np.arange(n_users) if users is None else np.unique(np.asarray(users, dtype=np.int64))
@@ -264,7 +312,9 @@ def build_examples(
     n_hard = int(round(hard_fraction * n_neg))
     histories = [History(items=src.sequences[u][:pos]) for u, pos in pairs]
     # Retrieve a few extra: other items of the user (e.g. later train items) are dropped below.
-    retrieved = _hard_negatives(retriever, histories, n_hard + min(n_neg, 20) if n_hard else 0, src.allowed)
+    depth = n_candidates + windows + 2 if in_retriever_order else n_hard + min(n_neg, 20) if n_hard else 0
+    retrieved = _hard_negatives(retriever, histories, depth, src.allowed)
+    dropped = 0
 
     rows: dict[str, list] = {c: [] for c in COLUMNS}
     titles = src.catalog.titles
@@ -274,15 +324,15 @@ def build_examples(
         rng = np.random.default_rng([seed, u, pos])
         target = int(src.sequences[u][pos])
         banned = {int(i) for i in src.seen[u]} | {target}
-        negatives: list[int] = []
-        for item in hard_row.tolist():
-            if len(negatives) == n_hard:
-                break
-            if item >= 0 and item not in banned:
-                banned.add(item)
-                negatives.append(item)
-        negatives += _random_negatives(rng, pool, banned, n_neg - len(negatives), u)
-        cands = np.array([target, *negatives], dtype=np.int64)[rng.permutation(n_candidates)]
+        if in_retriever_order:
+            # The user's other items (later train, validation, test) are not candidates.
+            kept = [i for i in hard_row.tolist() if i >= 0 and (i == target or i not in banned)]
+            if target not in kept[:n_candidates]:
+                dropped += 1
+                continue
+            cands = np.array(kept[:n_candidates], dtype=np.int64)
+        else:
+            cands = _shuffled_candidates(rng, target, hard_row, banned, pool, n_hard, n_neg, u)
         label = labels[int(np.flatnonzero(cands == target)[0])]
         prompt = renderer.render([titles[i] for i in hist.items], [titles[i] for i in cands])
         rows["prompt"].append(prompt)
@@ -294,12 +344,17 @@ def build_examples(
         rows["history_items"].append(hist.items.tolist())
         rows["candidate_items"].append(cands.tolist())
     logger.info(
-        "built %d examples from %d users (%d candidates, %d hard, windows=%d, seed=%d)",
-        len(pairs),
+        "built %d examples from %d users (%d candidates, %d hard, windows=%d, order=%s, seed=%d)",
+        len(rows["prompt"]),
         len(users_arr),
         n_candidates,
         n_hard,
         windows,
+        candidate_order,
         seed,
     )
+    if dropped:
+        logger.info(
+            "%d of %d targets not in the retriever's top-%d: no example", dropped, len(pairs), n_candidates
+        )
     return Dataset.from_dict(rows)

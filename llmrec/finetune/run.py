@@ -51,6 +51,7 @@ def run_finetune(config: FinetuneConfig) -> Path:
         n_candidates=config.n_candidates,
         hard_fraction=config.hard_fraction,
         windows=config.windows,
+        candidate_order=config.candidate_order,
         users=users,
         seed=config.seed,
         allowed=allowed,

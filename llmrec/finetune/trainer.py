@@ -313,6 +313,7 @@ def describe_data(dataset: Dataset, tokenized: Dataset, config: FinetuneConfig) 
         "n_candidates": config.n_candidates,
         "windows": config.windows,
         "hard_fraction": config.hard_fraction,
+        "candidate_order": config.candidate_order,
         "train_users": config.train_users,
         "retriever": config.retriever,
         "max_prompt_tokens": config.max_prompt_tokens,
