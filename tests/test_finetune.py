@@ -232,6 +232,14 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
         FinetuneConfig(sft_args={"no_such_field": 1})
 
 
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "finetune").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_recipes_are_valid_configs(recipe):
+    config = FinetuneConfig.from_yaml(recipe)
+    assert config.template in {"listwise", "listwise_compact"} and config.output_dir
+
+
 def test_sft_config_trains_on_the_label_only(tmp_path):
     sft = FinetuneConfig(eval_steps=10, save_steps=20, seed=5).to_sft_config(
         tmp_path, use_cpu=True, bf16=False, evaluate=True
