@@ -17,6 +17,9 @@ import yaml
 
 from llmrec.errors import ConfigError
 
+CANDIDATE_ORDERS = ("shuffled", "retriever")
+"""How training candidates are chosen and ordered (see :mod:`llmrec.finetune.examples`)."""
+
 METRIC = "ndcg@10"
 """Validation metric used to keep the best checkpoint and to stop early."""
 
@@ -58,7 +61,7 @@ class FinetuneConfig:
     windows: int = 1
     """Targets per user: the last ``windows`` training positions (sliding window)."""
     hard_fraction: float = 0.5
-    candidate_order: str = "shuffled"
+    candidate_order: Literal["shuffled", "retriever"] = "shuffled"
     """``shuffled``: target + negatives in random order (no position information);
     ``retriever``: the retriever's top list in its order, as at test time, only examples
     whose target it retrieves (needs ``hard_fraction: 1``)."""
@@ -135,7 +138,7 @@ class FinetuneConfig:
             raise ConfigError("must be in [0, 1)", parameter="cold_fraction", value=self.cold_fraction)
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ConfigError("must be in [0, 1]", parameter="hard_fraction", value=self.hard_fraction)
-        if self.candidate_order not in ("shuffled", "retriever"):
+        if self.candidate_order not in CANDIDATE_ORDERS:
             raise ConfigError(
                 "must be shuffled or retriever", parameter="candidate_order", value=self.candidate_order
             )

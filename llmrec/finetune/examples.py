@@ -35,6 +35,7 @@ from llmrec.candidates.base import CandidateGenerator
 from llmrec.data.catalog import History, ItemCatalog
 from llmrec.data.split import CrossDomainSplit, LeaveOneOutSplit
 from llmrec.errors import ConfigError
+from llmrec.finetune.config import CANDIDATE_ORDERS
 from llmrec.llm.prompting import PromptRenderer
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,6 @@ COLUMNS = (
 )
 """Columns of :func:`build_examples`' dataset. ``position`` is the target's index in the user's
 training sequence; ``candidate_items`` lists the candidates in prompt (label) order."""
-
-CANDIDATE_ORDERS = ("shuffled", "retriever")
-"""How training candidates are chosen and ordered (see the module docstring)."""
 
 
 @dataclass
@@ -311,8 +309,14 @@ def build_examples(
     n_neg = n_candidates - 1
     n_hard = int(round(hard_fraction * n_neg))
     histories = [History(items=src.sequences[u][:pos]) for u, pos in pairs]
-    # Retrieve a few extra: other items of the user (e.g. later train items) are dropped below.
-    depth = n_candidates + windows + 2 if in_retriever_order else n_hard + min(n_neg, 20) if n_hard else 0
+    # Retrieve a few extra: other items of the user (later train items, validation, test)
+    # are dropped below.
+    if in_retriever_order:
+        depth = n_candidates + windows + 2
+    elif n_hard:
+        depth = n_hard + min(n_neg, 20)
+    else:
+        depth = 0
     retrieved = _hard_negatives(retriever, histories, depth, src.allowed)
     dropped = 0
 
