@@ -1,40 +1,118 @@
-"""The ``llmrec`` command line: ``data``, ``candidates``, ``evaluate``."""
+"""The ``llmrec`` command line.
+
+The options of ``candidates``, ``recommend``, ``evaluate`` and ``finetune`` are generated from
+the fields of their config dataclasses (:mod:`llmrec.config`), so defaults and help live in
+one place. ``--config FILE`` (YAML) sets values; options the user typed override it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
+from click.core import ParameterSource
 
-# implicit warns (and slows down) when OpenBLAS runs its own threads beside it.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-app = typer.Typer(
-    help="llmrec: candidate generation, LLM reranking and offline evaluation for recommendation.",
-    no_args_is_help=True,
-    add_completion=False,
+from llmrec.config import (
+    DataConfig,
+    RecommendConfig,
+    RetrieverConfig,
+    Settings,
+    load_config,
 )
+from llmrec.errors import LlmrecError
+from llmrec.evaluation.config import EvalConfig
+from llmrec.finetune.config import FinetuneConfig
 
-DatasetArg = Annotated[
-    str,
-    typer.Argument(
-        help="Dataset folder (MovieLens, Amazon-2023 JSONL, RecBole, CSV/Parquet) or 'ml-latest-small'."
-    ),
-]
-KCore = Annotated[int, typer.Option(help="Iterative k-core on users and items (0 = off).")]
-MinRating = Annotated[float | None, typer.Option(help="Keep interactions with rating >= this.")]
-Backend = Annotated[
-    str,
-    typer.Option(help="LLM engine: transformers, vllm (in-process) or vllm-server (see serve-model)."),
-]
-ServerUrl = Annotated[
-    str | None,
-    typer.Option(help="vllm-server backend: the server's base URL (default http://127.0.0.1:8000/v1)."),
-]
+EXPECTED_ERRORS = (LlmrecError, FileNotFoundError, ImportError)
+
+ALIASES = {
+    "num_candidates": ["--k", "--candidate-k", "--n-candidates"],
+    "retriever": ["--method"],
+    "target": ["--domain"],
+    "source": ["--cold-start-source"],
+    "adapter": ["--from-adapter"],
+}
+"""Older or shorter flag names accepted for a field."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class CandidatesConfig(RetrieverConfig, DataConfig):
+    """``llmrec candidates``: one generator's top list (``target`` restricts it to a domain)."""
+
+
+def _option(f: dataclasses.Field, hint: Any) -> Callable:
+    """A click option for config field ``f`` (no default: an untyped option leaves the field be)."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    help_text = f"{f.metadata.get('help', '')}  [default: {'none' if shown is None else shown}]"
+    if hint is bool:
+        names = [flag] if f.name.startswith("no_") else [f"{flag}/--no-{flag[2:]}"]
+        return click.option(*names, f.name, default=None, help=help_text)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if typing.get_origin(base) is typing.Literal:
+        click_type: Any = click.Choice(typing.get_args(base))
+    else:
+        click_type = {int: click.INT, float: click.FLOAT}.get(base, click.STRING)
+    names = [flag, *ALIASES.get(f.name, [])]
+    return click.option(*names, f.name, type=click_type, default=None, help=help_text)
+
+
+def config_options(cls: type[Settings], only: Sequence[str] = (), positional: Sequence[str] = ("dataset",)):
+    """Decorate a command with one option per field of ``cls`` (dict fields are YAML-only),
+    ``--config FILE``, and the ``positional`` fields as optional arguments."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(func: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):  # type: ignore[arg-type]
+            if (only and f.name not in only) or typing.get_origin(hints[f.name]) is dict:
+                continue
+            if f.name in positional:
+                func = click.argument(f.name, required=False, metavar=f"[{f.name.upper()}]")(func)
+            else:
+                func = _option(f, hints[f.name])(func)
+        return click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="YAML file of settings (these options' names); options typed here override it.",
+        )(func)
+
+    return decorate
+
+
+def typed(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The settings the user actually gave on the command line."""
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {k: v for k, v in values.items() if v is not None and ctx.get_parameter_source(k) in given}
+
+
+def build(cls: type[Settings], ctx: click.Context, config_file: Path | None, values: dict[str, Any]):
+    """Defaults < ``--config`` < typed options; errors exit 2 with the message."""
+    return run(lambda: load_config(cls, config_file, typed(ctx, values)))
+
+
+def fail(message: object) -> typing.NoReturn:
+    """Print ``message`` as an error and exit with code 2."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def run(step: Callable[[], Any]) -> Any:
+    """Run ``step``; an expected error becomes one message on stderr and exit code 2."""
+    try:
+        return step()
+    except EXPECTED_ERRORS as err:
+        fail(err)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -43,118 +121,120 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="Log progress details.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+user_option = click.option("--user", help="A known user id of the dataset.")
+history_option = click.option("--history", help="A new user's history as free text, titles separated by ';'.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """llmrec: candidate generation, LLM reranking, instruction tuning and offline evaluation."""
 
 
 @app.command()
-def data(
-    dataset: DatasetArg = "ml-latest-small",
-    k_core: KCore = 5,
-    min_rating: MinRating = None,
-    save: Annotated[
-        Path | None, typer.Option(help="Write the cleaned tables (Arrow) to this folder.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
+@config_options(DataConfig, only=("dataset", "k_core", "min_rating"))
+@click.option(
+    "--save", type=click.Path(file_okay=False, path_type=Path), help="Write the cleaned tables here."
+)
+@json_option
+@verbose_option
+@click.pass_context
+def data(ctx, config_file, save, as_json, verbose, **values) -> None:
     """Load and clean a dataset and print its statistics, before and after cleaning."""
-    from llmrec.data import CleaningConfig, clean, load_dataset
-    from llmrec.errors import LlmrecError
+    from llmrec.data import load_dataset
+    from llmrec.pipeline import prepare_data
 
     _setup_logging(verbose)
-    try:
-        raw = load_dataset(dataset)
-        cleaned = clean(raw, CleaningConfig(k_core=k_core, min_rating=min_rating))
-    except (LlmrecError, FileNotFoundError) as err:
-        _fail(err)
+    cfg = build(DataConfig, ctx, config_file, values)
+    raw = run(lambda: load_dataset(cfg.dataset))
+    cleaned = run(lambda: prepare_data(cfg))
     out = {"raw": raw.stats(), "cleaned": cleaned.stats(), "log": cleaned.log}
     if save is not None:
         cleaned.save(save)
         out["saved_to"] = str(save)
     if as_json:
-        typer.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(out, indent=2))
         return
     for label in ("raw", "cleaned"):
         s = out[label]
-        typer.echo(
+        click.echo(
             f"{label:8s} users {s['users']:>8,}  items {s['items_interacted']:>8,}  "
             f"interactions {s['interactions']:>10,}  density {s['density']:.5f}"
         )
         for dom, d in s["domains"].items():
-            typer.echo(
+            click.echo(
                 f"{'':8s} domain {dom}: {d['users']:,} users, {d['items']:,} items, "
                 f"{d['interactions']:,} rows"
             )
-    typer.echo("cleaning log:")
+    click.echo("cleaning log:")
     for line in cleaned.log:
-        typer.echo(f"  - {line}")
+        click.echo(f"  - {line}")
     if save is not None:
-        typer.echo(f"saved to {save}")
+        click.echo(f"saved to {save}")
 
 
-def _generator_and_history(
-    dataset: str, user: str | None, history: str | None, method: str, k_core: int, seed: int
-):
-    """Fit ``method`` on every interaction of ``dataset``; the History of --user or --history."""
+def _retriever_and_history(cfg: Any, user: str | None, history: str | None, need_history: bool = True):
+    """The fitted (or loaded) retriever of ``cfg`` and the History of --user or --history."""
     from llmrec.candidates.base import TrainData
-    from llmrec.data import CleaningConfig, History, ItemCatalog, clean, load_dataset
+    from llmrec.data import History, ItemCatalog
     from llmrec.data.split import user_sequences
-    from llmrec.errors import LlmrecError
-    from llmrec.evaluation.experiment import build_generator
+    from llmrec.pipeline import build_retriever, prepare_data
 
-    if (user is None) == (history is None):
+    if need_history and (user is None) == (history is None):
         raise LlmrecError("give exactly one of --user ID or --history 'title; title; ...'")
-    cleaned = clean(load_dataset(dataset), CleaningConfig(k_core=k_core))
-    catalog = ItemCatalog.from_dataset(cleaned)
-    users, seqs = user_sequences(cleaned, catalog)
+    saved = getattr(cfg, "retriever_dir", None)
+    users = seqs = None
+    if not saved or user is not None:
+        cleaned = prepare_data(cfg)
+        catalog = ItemCatalog.from_dataset(cleaned)
+        users, seqs = user_sequences(cleaned, catalog)
+    retriever = build_retriever(cfg, None if saved else TrainData(catalog, seqs))
+    hist = None
     if user is not None:
         pos = {u: i for i, u in enumerate(users.tolist())}
         if user not in pos:
             raise LlmrecError(
-                f"user {user!r} not found in {dataset} (after {k_core}-core); e.g. {users[0]!r}"
+                f"user {user!r} not found in {cfg.dataset} (after {cfg.k_core}-core); e.g. {users[0]!r}"
             )
         hist = History(items=seqs[pos[user]])
-    else:
-        hist = History.from_titles([t.strip() for t in history.split(";") if t.strip()], catalog)
-    return build_generator(method, {}, seed).fit(TrainData(catalog, seqs)), hist
+    elif history is not None:
+        hist = History.from_titles([t.strip() for t in history.split(";") if t.strip()], retriever.catalog)
+    return retriever, hist
 
 
 @app.command()
-def candidates(
-    dataset: DatasetArg = "ml-latest-small",
-    user: Annotated[str | None, typer.Option(help="A known user id of the dataset.")] = None,
-    history: Annotated[
-        str | None, typer.Option(help="A new user's history as free text, titles separated by ';'.")
-    ] = None,
-    method: Annotated[
-        str, typer.Option(help="Generator: popularity, bm25, itemknn, mf, ease, fused.")
-    ] = "fused",
-    k: Annotated[int, typer.Option(help="Number of candidates.")] = 20,
-    domain: Annotated[str | None, typer.Option(help="Only recommend items of this domain.")] = None,
-    k_core: KCore = 5,
-    seed: Annotated[int, typer.Option(help="Seed of learned generators.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Top-k candidates for a known user (--user) or a typed history (--history)."""
-    from llmrec.errors import LlmrecError
-
+@config_options(CandidatesConfig)
+@user_option
+@history_option
+@click.option(
+    "--save", type=click.Path(file_okay=False, path_type=Path), help="Save the fitted retriever here."
+)
+@json_option
+@verbose_option
+@click.pass_context
+def candidates(ctx, config_file, user, history, save, as_json, verbose, **values) -> None:
+    """Top-k candidates for a known user (--user) or a typed history (--history); --save keeps
+    the fitted retriever for `recommend --retriever-dir`."""
     _setup_logging(verbose)
-    try:
-        gen, hist = _generator_and_history(dataset, user, history, method, k_core, seed)
-        catalog = gen.catalog
-        result = gen.candidates([hist], k=k, allowed=catalog.domain_mask(domain))
-    except (LlmrecError, KeyError, ValueError) as err:
-        _fail(err)
+    cfg = build(CandidatesConfig, ctx, config_file, values)
+    gen, hist = run(lambda: _retriever_and_history(cfg, user, history, need_history=save is None))
+    if save is not None:
+        run(lambda: gen.save(save))
+        click.echo(f"retriever {cfg.retriever} saved to {save}")
+        if hist is None:
+            return
+    catalog = gen.catalog
+    result = run(
+        lambda: gen.candidates([hist], k=cfg.num_candidates, allowed=catalog.domain_mask(cfg.target))
+    )
     rows: list[dict[str, Any]] = [
         {"rank": r + 1, "item_id": str(catalog.item_ids[i]), "title": catalog.titles[i], "score": float(s)}
         for r, (i, s) in enumerate(zip(result.items[0], result.scores[0]))
         if i >= 0
     ]
     payload = {
-        "method": method,
+        "method": cfg.retriever,
         "user": user,
         "history": [catalog.titles[i] for i in hist.items[-10:]],
         "history_text": hist.text or None,
@@ -162,289 +242,150 @@ def candidates(
         "candidates": rows,
     }
     if as_json:
-        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
-    typer.echo(f"history ({len(hist.items)} known items, last shown): {payload['history']}")
+    click.echo(f"history ({len(hist.items)} known items, last shown): {payload['history']}")
     if payload["popularity_fallback"]:
-        typer.echo("no usable history for this method: showing the most popular items")
+        click.echo("no usable history for this method: showing the most popular items")
     for row in rows:
-        typer.echo(f"{row['rank']:>3}. {row['title']}  [{row['item_id']}]  {row['score']:.4f}")
+        click.echo(f"{row['rank']:>3}. {row['title']}  [{row['item_id']}]  {row['score']:.4f}")
 
 
 @app.command()
-def recommend(
-    dataset: DatasetArg = "ml-latest-small",
-    user: Annotated[str | None, typer.Option(help="A known user id of the dataset.")] = None,
-    history: Annotated[
-        str | None, typer.Option(help="A new user's history as free text, titles separated by ';'.")
-    ] = None,
-    n: Annotated[int, typer.Option(help="Length of the ranked list.")] = 10,
-    retriever: Annotated[str, typer.Option(help="Candidate generator whose list the LLM reranks.")] = "fused",
-    num_candidates: Annotated[int, typer.Option(help="Candidates handed to the LLM (<= labels).")] = 20,
-    model: Annotated[str, typer.Option(help="Hub id, local folder, or 'smollm2-135m-instruct'.")] = (
-        "smollm2-135m-instruct"
-    ),
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder for the model.")] = None,
-    quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (bitsandbytes).")] = "none",
-    backend: Backend = "transformers",
-    server_url: ServerUrl = None,
-    template: Annotated[str, typer.Option(help="Prompt template name in prompts/ or a .jinja path.")] = (
-        "listwise"
-    ),
-    shuffles: Annotated[int, typer.Option(help="Average over N shuffled candidate orders (0 = off).")] = 0,
-    retriever_weight: Annotated[
-        float, typer.Option(help="Fuse the LLM scores with the retriever order (0 = LLM alone).")
-    ] = 0.0,
-    mode: Annotated[str, typer.Option(help="verbalizer (one forward pass) or generate.")] = "verbalizer",
-    no_llm: Annotated[bool, typer.Option("--no-llm", help="Skip the LLM: the retriever's list.")] = False,
-    k_core: KCore = 5,
-    seed: Annotated[int, typer.Option(help="Seed for learned generators and shuffles.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
+@config_options(RecommendConfig)
+@user_option
+@history_option
+@json_option
+@verbose_option
+@click.pass_context
+def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> None:
     """Ranked list for a known user or a typed history: candidates, then the LLM reranks them."""
-    from llmrec.errors import LlmrecError
-    from llmrec.llm import load_reranker
     from llmrec.llm.reranker import RerankParams
-    from llmrec.pipeline import Recommender, history_titles
+    from llmrec.pipeline import Recommender, build_reranker, history_titles
 
     _setup_logging(verbose)
-    try:
-        gen, hist = _generator_and_history(dataset, user, history, retriever, k_core, seed)
-        reranker = None
-        if not no_llm:
-            reranker = load_reranker(
-                model,
-                backend=backend,
-                server_url=server_url,
-                template=template,
-                adapter=adapter,
-                quantization=quantization,
-            )
-        rec = Recommender(gen, reranker, num_candidates=num_candidates)
-        params = RerankParams(
-            shuffles=shuffles,
-            seed=seed,
-            mode=mode,  # type: ignore[arg-type]
-            progress=False,
-            retriever_weight=retriever_weight,
-        )
-        ranked = rec.recommend([hist], n=n, params=params)[0]
-    except (LlmrecError, KeyError, ValueError, ImportError) as err:
-        _fail(err)
+    cfg = build(RecommendConfig, ctx, config_file, values)
+
+    def rank():
+        gen, hist = _retriever_and_history(cfg, user, history)
+        reranker = None if cfg.no_llm else build_reranker(cfg)
+        rec = Recommender(gen, reranker, cfg.num_candidates, cfg.retriever_weight)
+        params = RerankParams(shuffles=cfg.shuffles, seed=cfg.seed, mode=cfg.mode, progress=False)
+        allowed = gen.catalog.domain_mask(cfg.target)
+        return gen, hist, rec.recommend([hist], n=cfg.n, params=params, allowed=allowed)[0]
+
+    gen, hist, ranked = run(rank)
     payload = {
         "user": user,
         "history": history_titles(hist, gen.catalog),
-        "retriever": retriever,
-        "model": None if no_llm else model,
+        "retriever": cfg.retriever,
+        "model": None if cfg.no_llm else cfg.model,
         **ranked.to_dict(),
     }
     if as_json:
-        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
     shown = payload["history"][-10:]
-    typer.echo(f"history ({len(payload['history'])} items, last {len(shown)}):")
+    click.echo(f"history ({len(payload['history'])} items, last {len(shown)}):")
     for title in shown:
-        typer.echo(f"    {title}")
-    typer.echo(
-        f"ranked by {'the retriever ' + retriever if no_llm else model} (from {retriever} candidates):"
-    )
+        click.echo(f"    {title}")
+    ranker = "the retriever " + cfg.retriever if cfg.no_llm else cfg.model
+    click.echo(f"ranked by {ranker} (from {cfg.retriever} candidates):")
     for row in payload["items"]:
-        typer.echo(
+        click.echo(
             f"{row['rank']:>3}. {row['title']}  [{row['item_id']}]  score {row['score']:.3f}  "
             f"(retriever #{row['retriever_rank']})"
         )
 
 
 @app.command()
-def evaluate(
-    dataset: DatasetArg = "ml-latest-small",
-    methods: Annotated[
-        str, typer.Option(help="Comma-separated generators to evaluate.")
-    ] = "popularity,bm25,itemknn,mf,ease,fused",
-    stage: Annotated[str, typer.Option(help="'test' (history = train + valid) or 'valid'.")] = "test",
-    source: Annotated[str | None, typer.Option(help="Cross-domain: source domain (e.g. arts).")] = None,
-    target: Annotated[str | None, typer.Option(help="Cross-domain: target domain (e.g. office).")] = None,
-    cold_fraction: Annotated[float, typer.Option(help="Cross-domain: share of users made cold-start.")] = 0.2,
-    k_core: KCore = 5,
-    min_rating: MinRating = None,
-    candidate_k: Annotated[int, typer.Option(help="Depth of the candidate lists (reranker input).")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed for learned generators and the cold-start user draw.")] = 0,
-    rerank: Annotated[bool, typer.Option("--rerank", help="Also evaluate the LLM reranking stage.")] = False,
-    retriever: Annotated[str, typer.Option(help="Rerank this generator's candidate lists.")] = "fused",
-    model: Annotated[str, typer.Option(help="Reranker model: Hub id, folder or offline name.")] = (
-        "smollm2-135m-instruct"
-    ),
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder for the model.")] = None,
-    quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (bitsandbytes).")] = "none",
-    backend: Backend = "transformers",
-    server_url: ServerUrl = None,
-    template: Annotated[str, typer.Option(help="Prompt template of the reranker.")] = "listwise",
-    shuffles: Annotated[
-        str,
-        typer.Option(help="Comma-separated reranker variants: 0 = retriever order, N = mean of N shuffles."),
-    ] = "0",
-    max_users: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of users.")] = None,
-    fusion_weights: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated weights of the retriever order fused with the LLM scores; the best "
-            "(or 0 = LLM alone) on the same users' validation items is applied. Empty = off."
-        ),
-    ] = "",
-    config: Annotated[
-        Path | None, typer.Option(help="YAML with EvalConfig fields (e.g. generator_params); flags win.")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and report.png.")] = Path(
-        "eval/results/retrieval"
-    ),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Leave-one-out evaluation of the candidate generators against all items; writes a report."""
-    from llmrec.errors import LlmrecError
-    from llmrec.evaluation.experiment import EvalConfig, run_evaluation
+@config_options(EvalConfig)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("eval/results/retrieval"),
+    show_default=True,
+    help="Folder for report.json, report.md and report.png.",
+)
+@verbose_option
+@click.pass_context
+def evaluate(ctx, config_file, out, verbose, **values) -> None:
+    """Leave-one-out evaluation of the generators (and the LLM stage) against all items."""
+    from llmrec.evaluation.experiment import run_evaluation
     from llmrec.evaluation.report import markdown_report, write_report
 
     _setup_logging(verbose)
-    fields: dict[str, Any] = {}
-    if config is not None:
-        import yaml
-
-        fields.update(yaml.safe_load(config.read_text(encoding="utf-8")) or {})
-    fields.update(
-        dataset=dataset,
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
-        stage=stage,
-        source=source,
-        target=target,
-        cold_fraction=cold_fraction,
-        k_core=k_core,
-        min_rating=min_rating,
-        candidate_k=candidate_k,
-        seed=seed,
-        rerank=rerank,
-        retriever=retriever,
-        model=model,
-        adapter=adapter,
-        quantization=quantization,
-        backend=backend,
-        server_url=server_url,
-        template=template,
-        shuffles=[int(x) for x in shuffles.split(",") if x.strip()],
-        max_users=max_users,
-    )
-    if fusion_weights.strip():
-        try:
-            fields["fusion_weights"] = [float(x) for x in fusion_weights.split(",") if x.strip()]
-        except ValueError:
-            _fail(ValueError(f"--fusion-weights must be comma-separated numbers, got {fusion_weights!r}"))
-    try:
-        cfg = EvalConfig(**fields)
-        report = run_evaluation(cfg)
-    except (LlmrecError, TypeError, ImportError) as err:
-        _fail(err)
+    cfg = build(EvalConfig, ctx, config_file, values)
+    report = run(lambda: run_evaluation(cfg))
     paths = write_report(report, out)
-    typer.echo(markdown_report(report))
-    typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
+    click.echo(markdown_report(report))
+    click.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
 
 @app.command()
-def finetune(
-    config: Annotated[Path | None, typer.Option(help="Recipe YAML (see finetune/*.yaml).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Training data folder or 'ml-latest-small'.")] = None,
-    domain: Annotated[str | None, typer.Option(help="Tune on this domain only (e.g. arts).")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model: Hub id, folder or offline name.")] = None,
-    from_adapter: Annotated[str | None, typer.Option(help="Start from this adapter (transfer).")] = None,
-    train_users: Annotated[int | None, typer.Option(help="Few-shot: a seeded sample of N users.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
-    output_dir: Annotated[
-        str | None, typer.Option(help="Run folder (checkpoints, adapter, manifest).")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed of data sampling and training.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
+@config_options(FinetuneConfig, positional=())
+@verbose_option
+@click.pass_context
+def finetune(ctx, config_file, verbose, **values) -> None:
     """Instruction-tune the reranker (QLoRA by default) on a dataset's training histories."""
-    from llmrec.errors import LlmrecError
-    from llmrec.finetune.config import FinetuneConfig
     from llmrec.finetune.run import run_finetune
 
     _setup_logging(verbose)
-    overrides = {
-        "dataset": dataset,
-        "domain": domain,
-        "model": model,
-        "from_adapter": from_adapter,
-        "train_users": train_users,
-        "max_steps": max_steps,
-        "output_dir": output_dir,
-        "seed": seed,
-    }
+    cfg = build(FinetuneConfig, ctx, config_file, values)
+    adapter = run(lambda: run_finetune(cfg))
+    click.echo(f"adapter: {adapter}")
+
+
+@app.command("serve-model")
+@click.option(
+    "--model", default="smollm2-135m-instruct", show_default=True, help="Hub id, folder or offline name."
+)
+@click.option("--lora", multiple=True, help="NAME=ADAPTER_FOLDER, repeatable: LoRA adapters served by name.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default)."
+)
+@click.option("--port", default=8000, show_default=True, help="TCP port.")
+@click.option("--max-model-len", default=2048, show_default=True, help="Longest prompt + answer in tokens.")
+@click.option(
+    "--dtype", default="auto", show_default=True, help="auto (bf16 on GPU / native-bf16 CPUs, else fp32)."
+)
+@verbose_option
+def serve_model(model, lora, host, port, max_model_len, dtype, verbose) -> None:
+    """Start a local vLLM OpenAI-compatible server for `--backend vllm-server`; Ctrl-C stops it."""
+    from llmrec.llm.vllm_server import VLLMServer
+
+    _setup_logging(verbose)
+    adapters: dict[str, str] = {}
+    for spec in lora:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            fail(f"--lora must be NAME=ADAPTER_FOLDER, got {spec!r}")
+        adapters[name] = path
+    server = VLLMServer(
+        model=model, adapters=adapters, host=host, port=port, max_model_len=max_model_len, dtype=dtype
+    )
+    run(server.start)
+    click.echo(
+        f"vLLM server ready at {server.base_url} (model {model!r}"
+        + (f", adapters {sorted(adapters)}" if adapters else "")
+        + f"); log: {server.log_file}"
+    )
+    click.echo(f"use it with: llmrec recommend --backend vllm-server --server-url {server.base_url} ...")
     try:
-        cfg = FinetuneConfig.from_yaml(config) if config is not None else FinetuneConfig()
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(cfg, key, value)
-        cfg.resume = cfg.resume or resume
-        cfg.__post_init__()  # re-validate after the flag overrides
-        adapter = run_finetune(cfg)
-    except (LlmrecError, ImportError, FileNotFoundError) as err:
-        _fail(err)
-    typer.echo(f"adapter: {adapter}")
+        server.process.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping the vLLM server")
+    finally:
+        server.stop()
 
 
 def main() -> None:
     """Console entry point."""
+    # implicit (ALS) warns and slows down when OpenBLAS runs its own threads beside it; set
+    # before numpy loads, for this process only (the library itself sets no environment).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()
 
 
 if __name__ == "__main__":
     main()
-
-
-@app.command("serve-model")
-def serve_model(
-    model: Annotated[str, typer.Option(help="Hub id, local folder, or 'smollm2-135m-instruct'.")] = (
-        "smollm2-135m-instruct"
-    ),
-    lora: Annotated[
-        list[str] | None,
-        typer.Option(help="NAME=ADAPTER_FOLDER, repeatable: LoRA adapters served by name (one per domain)."),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    max_model_len: Annotated[int, typer.Option(help="Longest prompt + answer in tokens.")] = 2048,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU / native-bf16 CPUs, else float32).")] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Start a local vLLM OpenAI-compatible server for `--backend vllm-server`; Ctrl-C stops it."""
-    from llmrec.errors import LlmrecError
-    from llmrec.llm.vllm_server import VLLMServer
-
-    _setup_logging(verbose)
-    adapters: dict[str, str] = {}
-    for spec in lora or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            _fail(ValueError(f"--lora must be NAME=ADAPTER_FOLDER, got {spec!r}"))
-        adapters[name] = path
-    server = VLLMServer(
-        model=model, adapters=adapters, host=host, port=port, max_model_len=max_model_len, dtype=dtype
-    )
-    try:
-        server.start()
-    except (LlmrecError, ImportError) as err:
-        _fail(err)
-    typer.echo(
-        f"vLLM server ready at {server.base_url} (model {model!r}"
-        + (f", adapters {sorted(adapters)}" if adapters else "")
-        + f"); log: {server.log_file}"
-    )
-    typer.echo(f"use it with: llmrec recommend --backend vllm-server --server-url {server.base_url} ...")
-    try:
-        assert server.process is not None
-        server.process.wait()
-    except KeyboardInterrupt:
-        typer.echo("stopping the vLLM server")
-    finally:
-        server.stop()

@@ -35,8 +35,9 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
 """Generator classes by their ``name`` (the value CLI flags and configs use)."""
 
 
-def make_generator(name: str, **params: Any) -> CandidateGenerator:
-    """Build the generator registered as ``name`` with hyper-parameters ``params``.
+def make_generator(name: str, *, seed: int | None = None, **params: Any) -> CandidateGenerator:
+    """Build the generator registered as ``name`` with hyper-parameters ``params``; ``seed``
+    goes to generators that take one (unless ``params`` sets it).
 
     Raises :class:`~llmrec.errors.ConfigError` naming the valid generator names for an
     unknown ``name``, or the valid parameter names for an unknown parameter.
@@ -55,6 +56,8 @@ def make_generator(name: str, **params: Any) -> CandidateGenerator:
             parameter="params",
             value=unknown,
         )
+    if seed is not None and "seed" in valid:
+        params.setdefault("seed", seed)
     return cls(**params)
 
 

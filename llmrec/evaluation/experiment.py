@@ -7,117 +7,29 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from llmrec import __version__
 from llmrec.candidates import make_generator
 from llmrec.candidates.base import CandidateGenerator, TrainData
-from llmrec.data import CleaningConfig, clean, cross_domain_split, leave_one_out, load_dataset
+from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.schema import RecDataset
 from llmrec.errors import ConfigError
+from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_users, summarize
+from llmrec.pipeline import Recommender, build_reranker, build_retriever, prepare_data
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_METHODS = ("popularity", "bm25", "itemknn", "mf", "ease", "fused")
-
-
-@dataclass
-class EvalConfig:
-    """Settings of one retrieval evaluation; every field is also a CLI flag."""
-
-    dataset: str = "ml-latest-small"
-    """Dataset folder, or the name of the embedded default."""
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    stage: Literal["valid", "test"] = "test"
-    k_core: int = 5
-    min_rating: float | None = None
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    candidate_k: int = 20
-    source: str | None = None
-    """Cross-domain: the source domain (histories of cold-start users come from it)."""
-    target: str | None = None
-    """Cross-domain: the target domain whose held-out items are ranked."""
-    cold_fraction: float = 0.2
-    seed: int = 0
-    batch_size: int = 256
-    generator_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-method constructor parameters, e.g. ``{"bm25": {"k1": 1.2}}``."""
-    max_users: int | None = None
-    """Evaluate a seeded sample of this many users (None = all); the report says so."""
-    # --- LLM reranking stage (off unless ``rerank``) ---
-    rerank: bool = False
-    retriever: str = "fused"
-    """Whose top-``candidate_k`` lists the LLM reranks."""
-    model: str = "smollm2-135m-instruct"
-    backend: str = "transformers"
-    """'transformers', 'vllm' (in-process) or 'vllm-server' (see ``server_url``)."""
-    server_url: str | None = None
-    """Base URL of a running vLLM server for backend 'vllm-server' (default loopback:8000)."""
-    adapter: str | None = None
-    """PEFT adapter folder ('transformers', 'vllm') or a served LoRA module name ('vllm-server')."""
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    template: str = "listwise"
-    shuffles: list[int] = field(default_factory=lambda: [0])
-    """One reranker row per value: 0 = retriever order, N = mean over N shuffled orders."""
-    max_prompt_tokens: int = 1024
-    llm_batch_size: int = 8
-    fusion_weights: list[float] = field(default_factory=list)
-    """Score fusion LLM + retriever order (see ``llmrec.llm.reranker.fuse_with_retriever``): the
-    weight is chosen among these, 0 (the LLM alone) and infinity (the retriever's order kept,
-    so the choice is never worse than the retriever on validation) by NDCG@10 on the same users'
-    validation items, reranked by the same model, then applied to ``stage``. Empty = off."""
-
-    def __post_init__(self) -> None:
-        if self.stage not in ("valid", "test"):
-            raise ConfigError("must be 'valid' or 'test'", parameter="stage", value=self.stage)
-        if (self.source is None) != (self.target is None):
-            raise ConfigError(
-                "give both source and target, or neither", parameter="source", value=self.source
-            )
-        if self.candidate_k < 1:
-            raise ConfigError("must be >= 1", parameter="candidate_k", value=self.candidate_k)
-        if not self.methods:
-            raise ConfigError("name at least one method", parameter="methods", value=self.methods)
-        if self.rerank and self.retriever not in self.methods:
-            self.methods = [*self.methods, self.retriever]
-        if any(w < 0 for w in self.fusion_weights):
-            raise ConfigError("weights must be >= 0", parameter="fusion_weights", value=self.fusion_weights)
-        if self.fusion_weights and self.stage != "test":
-            raise ConfigError(
-                "fusion weights are chosen on the validation stage, so evaluate stage 'test'",
-                parameter="stage",
-                value=self.stage,
-            )
-        if self.max_users is not None and self.max_users < 1:
-            raise ConfigError("must be >= 1 or None", parameter="max_users", value=self.max_users)
-
-
-def build_generator(name: str, params: dict[str, Any], seed: int) -> CandidateGenerator:
-    """Instantiate a registered generator, passing ``seed`` where it takes one."""
-    from llmrec.candidates import GENERATORS
-
-    params = dict(params)
-    cls = GENERATORS.get(name)
-    if cls is not None and "seed" in inspect.signature(cls.__init__).parameters:
-        params.setdefault("seed", seed)
-    return make_generator(name, **params)
-
-
-def prepare(config: EvalConfig) -> RecDataset:
-    """Load and clean the dataset of ``config``."""
-    data = load_dataset(config.dataset)
-    return clean(data, CleaningConfig(k_core=config.k_core, min_rating=config.min_rating))
 
 
 def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[str, Any]:
     """Run the retrieval evaluation and return the report (a JSON-ready dict)."""
     started = time.perf_counter()
-    data = data if data is not None else prepare(config)
+    data = data if data is not None else prepare_data(config)
     if config.target is None:
         groups, protocol, log = _single_domain(data, config)
     else:
@@ -126,7 +38,7 @@ def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[s
         protocol["rerank"] = (
             f"{config.model} via {config.backend} ({config.template} template, one forward pass, "
             "label log-probs) reranks "
-            f"the {config.retriever} top-{config.candidate_k} of users whose held-out item is in it; "
+            f"the {config.retriever} top-{config.num_candidates} of users whose held-out item is in it; "
             "the other users keep the retriever's rank; metrics = mean over all users (LlamaRec)"
         )
     if config.max_users is not None:
@@ -135,7 +47,7 @@ def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[s
         "dataset": {"name": data.name, "source": data.source, **_brief_stats(data)},
         "protocol": protocol,
         "groups": groups,
-        "config": asdict(config),
+        "config": config.to_dict(),
         "seed": config.seed,
         "log": data.log + log,
         "versions": {"llmrec": __version__, "python": platform.python_version()},
@@ -153,7 +65,7 @@ def _fit_all(config: EvalConfig, train: TrainData) -> tuple[dict[str, CandidateG
     fitted: dict[str, CandidateGenerator] = {}
     info: dict[str, Any] = {}
     for name in config.methods:
-        gen = build_generator(name, config.generator_params.get(name, {}), config.seed)
+        gen = make_generator(name, seed=config.seed, **config.generator_params.get(name, {}))
         start = time.perf_counter()
         try:
             gen.fit(train)
@@ -165,12 +77,6 @@ def _fit_all(config: EvalConfig, train: TrainData) -> tuple[dict[str, CandidateG
         fitted[name] = gen
         info[name] = {"fit_seconds": round(time.perf_counter() - start, 3), "params": _public_params(gen)}
     return fitted, info
-
-
-def _fit_retriever(config: EvalConfig, train: TrainData) -> CandidateGenerator:
-    gen = build_generator(config.retriever, config.generator_params.get(config.retriever, {}), config.seed)
-    gen.fit(train)
-    return gen
 
 
 def _public_params(gen: CandidateGenerator) -> dict[str, Any]:
@@ -200,10 +106,16 @@ def _evaluate_group(
     ranked_by: dict[str, RankedUsers] = {}
     for name, gen in fitted.items():
         ranked = rank_users(
-            gen, histories, targets, allowed, config.candidate_k, config.batch_size, desc=f"{group}:{name}"
+            gen,
+            histories,
+            targets,
+            allowed,
+            config.num_candidates,
+            config.retrieval_batch_size,
+            desc=f"{group}:{name}",
         )
         ranked_by[name] = ranked
-        results[name] = summarize(name, ranked, n_eligible, config.ks, (config.candidate_k,))
+        results[name] = summarize(name, ranked, n_eligible, config.ks, (config.num_candidates,))
     out: dict[str, Any] = {"users": len(targets), "methods": {n: r.to_dict() for n, r in results.items()}}
     if reranker is not None:
         out["rerank"] = _rerank_rows(
@@ -229,7 +141,7 @@ def _rerank_rows(
     from llmrec.evaluation.llm_stage import choose_weight, rerank_scores, summarize_rerank
     from llmrec.llm.reranker import RerankParams
 
-    catalog = fitted[config.retriever].catalog
+    recommender = Recommender(fitted[config.retriever], reranker, config.num_candidates)
     rows = {}
     fusion: dict[str, Any] = {}
     v_ranked = None  # the validation users' candidate lists, shared by every shuffles row
@@ -239,13 +151,13 @@ def _rerank_rows(
             validation.histories,
             validation.targets,
             validation.allowed,
-            config.candidate_k,
-            config.batch_size,
+            config.num_candidates,
+            config.retrieval_batch_size,
             desc="valid:" + config.retriever,
         )
     for shuffles in config.shuffles:
         params = RerankParams(shuffles=shuffles, seed=config.seed)
-        scored = rerank_scores(reranker, ranked, histories, catalog, params)
+        scored = rerank_scores(recommender, ranked, histories, params)
         label = f"{config.retriever} + {config.model}" + (
             f" (mean of {shuffles} shuffles)" if shuffles else ""
         )
@@ -253,7 +165,8 @@ def _rerank_rows(
         rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {"shuffles": shuffles}
         if v_ranked is None:
             continue
-        v_scored = rerank_scores(reranker, v_ranked, validation.histories, catalog, params)
+        v_recommender = Recommender(validation.retriever, reranker, config.num_candidates)
+        v_scored = rerank_scores(v_recommender, v_ranked, validation.histories, params)
         weights = sorted({0.0, *config.fusion_weights, math.inf})
         weight, table = choose_weight(v_scored, v_ranked, validation.targets, weights)
         fused = scored.ranks(ranked, targets, weight)
@@ -276,24 +189,6 @@ def _rerank_rows(
     return out
 
 
-def build_reranker(config: EvalConfig) -> Any:
-    """The LLM reranker of ``config`` (None when ``rerank`` is off)."""
-    if not config.rerank:
-        return None
-    from llmrec.llm import load_reranker
-
-    return load_reranker(
-        config.model,
-        backend=config.backend,
-        server_url=config.server_url,
-        template=config.template,
-        adapter=config.adapter,
-        quantization=config.quantization,
-        batch_size=config.llm_batch_size,
-        max_prompt_tokens=config.max_prompt_tokens,
-    )
-
-
 def _sample_users(users: np.ndarray, config: EvalConfig) -> np.ndarray:
     if config.max_users is None or config.max_users >= len(users):
         return users
@@ -308,13 +203,13 @@ def _single_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, li
     all_users = split.eval_users(config.stage)
     users = _sample_users(all_users, config)
     targets = split.target(config.stage)[users]
-    reranker = build_reranker(config)
+    reranker = build_reranker(config) if config.rerank else None
     histories = split.histories(config.stage, users)
     validation = None
     if reranker is not None and config.fusion_weights:
         v_users = users[split.target("valid")[users] >= 0]
         validation = ValidationView(
-            _fit_retriever(config, TrainData(split.catalog, split.sequences("valid"))),
+            build_retriever(config, TrainData(split.catalog, split.sequences("valid"))),
             split.histories("valid", v_users),
             split.target("valid")[v_users],
             None,
@@ -347,10 +242,10 @@ def _cross_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, lis
     n_eligible = int(allowed.sum())
     targets_all = cd.target_split.target(config.stage)
     groups: dict[str, Any] = {}
-    reranker = build_reranker(config)
+    reranker = build_reranker(config) if config.rerank else None
     v_retriever = None
     if reranker is not None and config.fusion_weights:
-        v_retriever = _fit_retriever(config, TrainData(cd.catalog, cd.fit_sequences("valid")))
+        v_retriever = build_retriever(config, TrainData(cd.catalog, cd.fit_sequences("valid")))
     for group in ("warm", "cold"):
         eligible = cd.users(group, config.stage)
         users = _sample_users(eligible, config)

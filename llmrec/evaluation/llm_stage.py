@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from llmrec.data.catalog import History, ItemCatalog
+from llmrec.candidates.base import Candidates
+from llmrec.data.catalog import History
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import RankedUsers
-from llmrec.llm.reranker import LLMReranker, RerankParams, fuse_with_retriever, rerank_order
-from llmrec.pipeline import history_titles
+from llmrec.llm.reranker import RerankParams
+from llmrec.pipeline import Recommender
 
 
 @dataclass
@@ -38,8 +39,9 @@ class RerankResult:
 class RerankScores:
     """The LLM's scores of the retrieved users' candidate lists (retriever order)."""
 
+    recommender: Recommender
     users: np.ndarray
-    candidates: list[list[int]]
+    candidates: Candidates
     scores: list[np.ndarray]
     seconds: float
     prompts: int
@@ -47,45 +49,27 @@ class RerankScores:
     def ranks(self, ranked: RankedUsers, targets: np.ndarray, retriever_weight: float = 0.0) -> RerankResult:
         """Final 1-based ranks of every user with this fusion weight (0 = the LLM alone)."""
         final = ranked.ranks.copy()
-        for u, row, s in zip(self.users, self.candidates, self.scores, strict=True):
-            order = rerank_order(fuse_with_retriever(s, retriever_weight))
-            final[u] = int(np.flatnonzero(np.asarray(row)[order] == targets[u])[0]) + 1
+        ranking = self.recommender.order(self.candidates, self.scores, retriever_weight)
+        final[self.users] = ranking.rank_of(targets[self.users])
         retrieved = np.zeros(len(final), dtype=bool)
         retrieved[self.users] = True
         return RerankResult(final, retrieved, self.seconds, self.prompts, retriever_weight)
 
 
 def rerank_scores(
-    reranker: LLMReranker,
-    ranked: RankedUsers,
-    histories: Sequence[History],
-    catalog: ItemCatalog,
-    params: RerankParams,
+    recommender: Recommender, ranked: RankedUsers, histories: Sequence[History], params: RerankParams
 ) -> RerankScores:
     """Score the candidate lists of the users whose held-out item the retriever found."""
     k = ranked.candidates.shape[1]
     users = np.flatnonzero(ranked.ranks <= k)
-    cand_rows = [[int(i) for i in ranked.candidates[u] if i >= 0] for u in users]
-    titles = [[catalog.titles[i] for i in row] for row in cand_rows]
-    hist = [history_titles(histories[u], catalog) for u in users]
+    items = ranked.candidates[users]
+    cands = Candidates(items, np.zeros(items.shape, dtype=np.float32), ranked.fallback[users])
     start = time.perf_counter()
-    scores = reranker.score(hist, titles, replace(params, retriever_weight=0.0))
+    scores = recommender.llm_scores([histories[u] for u in users], items, params)
     seconds = time.perf_counter() - start
-    n_prompts = len(users) * (max(1, params.shuffles) if reranker.template.task == "listwise" else k)
-    return RerankScores(users, cand_rows, scores, seconds, n_prompts)
-
-
-def rerank_ranks(
-    reranker: LLMReranker,
-    ranked: RankedUsers,
-    histories: Sequence[History],
-    targets: np.ndarray,
-    catalog: ItemCatalog,
-    params: RerankParams,
-) -> RerankResult:
-    """Final 1-based ranks after reranking the retrieved users' candidate lists."""
-    scored = rerank_scores(reranker, ranked, histories, catalog, params)
-    return scored.ranks(ranked, targets, params.retriever_weight)
+    listwise = recommender.reranker.template.task == "listwise"  # type: ignore[union-attr]
+    n_prompts = len(users) * (max(1, params.shuffles) if listwise else k)
+    return RerankScores(recommender, users, cands, scores, seconds, n_prompts)
 
 
 def choose_weight(

@@ -15,7 +15,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     ds = report["dataset"]
     proto = report["protocol"]
     ks = report["config"]["ks"]
-    cand_k = report["config"]["candidate_k"]
+    cand_k = report["config"]["num_candidates"]
     lines = [
         f"# Retrieval evaluation: {ds['name']}",
         "",

@@ -2,8 +2,8 @@
 
 For each evaluated user the held-out item's rank is computed against all
 items that are not in the user's history (and, cross-domain, that belong to
-the target domain). The same top-``candidate_k`` lists are what the LLM
-reranker would see, so their Recall@``candidate_k`` caps the reranker.
+the target domain). The same top-``num_candidates`` lists are what the LLM
+reranker would see, so their Recall@``num_candidates`` caps the reranker.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class MethodResult:
     user_coverage: float
     """Share of users ranked from their own history (not the popularity fallback)."""
     item_coverage: float
-    """Share of eligible items that appear in at least one top-``candidate_k`` list."""
+    """Share of eligible items that appear in at least one top-``num_candidates`` list."""
     score_seconds: float
 
     def to_dict(self) -> dict:
@@ -54,14 +54,14 @@ def rank_users(
     histories: Sequence[History],
     targets: np.ndarray,
     allowed: np.ndarray | None = None,
-    candidate_k: int = 20,
+    num_candidates: int = 20,
     batch_size: int = 256,
     desc: str | None = None,
 ) -> RankedUsers:
-    """Rank of each target among all eligible items, plus top-``candidate_k`` lists."""
+    """Rank of each target among all eligible items, plus top-``num_candidates`` lists."""
     n = len(histories)
     ranks = np.zeros(n, dtype=np.int64)
-    cands = np.full((n, candidate_k), -1, dtype=np.int64)
+    cands = np.full((n, num_candidates), -1, dtype=np.int64)
     fallback = np.zeros(n, dtype=bool)
     start = time.perf_counter()
     batches = range(0, n, batch_size)
@@ -71,7 +71,7 @@ def rank_users(
         finite = np.where(np.isfinite(scores), scores, 0.0)
         fallback[lo:hi] = ~np.any(finite != 0.0, axis=1)
         ranks[lo:hi] = rank_of(scores, targets[lo:hi], generator.tie_rank)
-        cands[lo:hi], _ = top_k(scores, candidate_k, generator.tie_rank)
+        cands[lo:hi], _ = top_k(scores, num_candidates, generator.tie_rank)
     return RankedUsers(ranks=ranks, candidates=cands, fallback=fallback, seconds=time.perf_counter() - start)
 
 
@@ -80,7 +80,7 @@ def summarize(
     ranked: RankedUsers,
     n_eligible_items: int,
     ks: Sequence[int] = DEFAULT_KS,
-    candidate_ks: Sequence[int] = (20,),
+    candidate_cutoffs: Sequence[int] = (20,),
 ) -> MethodResult:
     """Turn :class:`RankedUsers` into a :class:`MethodResult`."""
     shown = ranked.candidates[ranked.candidates >= 0]
@@ -88,7 +88,7 @@ def summarize(
         method=method,
         users=len(ranked.ranks),
         metrics=summarize_ranks(ranked.ranks, ks),
-        candidate_recall={f"@{k}": float(recall_at_k(ranked.ranks, k).mean()) for k in candidate_ks},
+        candidate_recall={f"@{k}": float(recall_at_k(ranked.ranks, k).mean()) for k in candidate_cutoffs},
         user_coverage=float(1.0 - ranked.fallback.mean()) if len(ranked.fallback) else float("nan"),
         item_coverage=float(len(np.unique(shown)) / max(1, n_eligible_items)),
         score_seconds=round(ranked.seconds, 3),

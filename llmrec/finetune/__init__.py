@@ -2,7 +2,7 @@
 
 ::
 
-    examples = build_examples(split, None, retriever, renderer, n_candidates=20, windows=3)
+    examples = build_examples(split, None, retriever, renderer, num_candidates=20, windows=3)
     evaluator = RankingEvaluator(split, retriever, "listwise", users=64)
     adapter_dir = finetune(FinetuneConfig.from_yaml("finetune/source-arts.yaml"), examples, evaluator)
 

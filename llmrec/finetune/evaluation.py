@@ -1,10 +1,10 @@
 """Validation ranking metric for model selection during tuning.
 
 :class:`RankingEvaluator` fixes, once, a seeded set of validation users, their histories
-(training items only) and the retriever's top-``n_candidates`` lists; each call reranks
+(training items only) and the retriever's top-``num_candidates`` lists; each call reranks
 those lists with an :class:`~llmrec.llm.reranker.LLMReranker` over the given backend
 (the in-training model, or any loaded engine) and returns NDCG/Recall/MRR, LlamaRec's
-protocol (:func:`~llmrec.evaluation.llm_stage.rerank_ranks`).
+protocol, through the one ranking path (:class:`~llmrec.pipeline.Recommender`).
 
 By default the users are drawn among those whose validation item *is* retrieved: the
 reranker cannot change anyone else's rank, so those users would only dilute the signal
@@ -23,13 +23,14 @@ import numpy as np
 from llmrec.candidates.base import CandidateGenerator
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import ConfigError
-from llmrec.evaluation.llm_stage import rerank_ranks
+from llmrec.evaluation.llm_stage import rerank_scores
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import rank_users
 from llmrec.finetune.examples import domains_mask
 from llmrec.llm.backend import ScoringBackend
 from llmrec.llm.prompting import PromptTemplate
 from llmrec.llm.reranker import LLMReranker, RerankParams
+from llmrec.pipeline import Recommender
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class RankingEvaluator:
         Template name/path or a loaded :class:`PromptTemplate` (the one being tuned).
     users:
         How many validation users (seeded sample), or explicit user indices.
-    n_candidates, max_prompt_tokens:
-        As at test time: the retriever's top-``n_candidates`` are reranked.
+    num_candidates, max_prompt_tokens:
+        As at test time: the retriever's top-``num_candidates`` are reranked.
     retrieved_only:
         Sample users among those whose validation item is in the candidate list (default).
     ks:
@@ -65,7 +66,7 @@ class RankingEvaluator:
         template: str | PromptTemplate = "listwise",
         *,
         users: int | Sequence[int] = 64,
-        n_candidates: int = 20,
+        num_candidates: int = 20,
         max_prompt_tokens: int = 1024,
         retrieved_only: bool = True,
         ks: Sequence[int] = (5, 10, 20),
@@ -75,17 +76,22 @@ class RankingEvaluator:
         self.template = PromptTemplate.load(template) if isinstance(template, str) else template
         self.max_prompt_tokens = max_prompt_tokens
         self.ks = tuple(ks)
-        self.catalog = split.catalog
+        self.retriever = retriever
+        self.num_candidates = num_candidates
         evaluable = split.eval_users("valid")
         histories = split.histories("valid", evaluable)
         if allowed is None:
             allowed = domains_mask(split.catalog, split.sequences("test"))
-        ranked = rank_users(retriever, histories, split.valid[evaluable], allowed, candidate_k=n_candidates)
+        ranked = rank_users(
+            retriever, histories, split.valid[evaluable], allowed, num_candidates=num_candidates
+        )
         if isinstance(users, int):
             if users < 1:
                 raise ConfigError("must be >= 1", parameter="users", value=users)
             pool = (
-                np.flatnonzero(ranked.ranks <= n_candidates) if retrieved_only else np.arange(len(evaluable))
+                np.flatnonzero(ranked.ranks <= num_candidates)
+                if retrieved_only
+                else np.arange(len(evaluable))
             )
             rng = np.random.default_rng(seed)
             rows = np.sort(rng.choice(pool, size=min(users, len(pool)), replace=False))
@@ -112,16 +118,15 @@ class RankingEvaluator:
         logger.info(
             "validation ranking: %d users (%d with the item retrieved in the top-%d)",
             len(self.users),
-            int((self.ranked.ranks <= n_candidates).sum()),
-            n_candidates,
+            int((self.ranked.ranks <= num_candidates).sum()),
+            num_candidates,
         )
 
     def __call__(self, backend: ScoringBackend) -> dict[str, float]:
         """Rerank the fixed users' candidate lists with ``backend``; metrics + timing."""
         start = time.perf_counter()
         reranker = LLMReranker(backend, self.template, max_prompt_tokens=self.max_prompt_tokens)
-        result = rerank_ranks(
-            reranker, self.ranked, self.histories, self.targets, self.catalog, RerankParams(progress=False)
-        )
-        metrics = summarize_ranks(result.ranks, self.ks)
+        recommender = Recommender(self.retriever, reranker, self.num_candidates)
+        scored = rerank_scores(recommender, self.ranked, self.histories, RerankParams(progress=False))
+        metrics = summarize_ranks(scored.ranks(self.ranked, self.targets).ranks, self.ks)
         return {**metrics, **self.retriever_metrics, "seconds": round(time.perf_counter() - start, 2)}

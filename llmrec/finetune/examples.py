@@ -10,7 +10,7 @@ and test items included), and the candidate order is shuffled with a per-example
 RNG, so the label letter carries no position information.
 
 ``candidate_order="retriever"`` instead builds exactly what the reranker sees at test
-time: the retriever's top-``n_candidates`` list for the history, in the retriever's
+time: the retriever's top-``num_candidates`` list for the history, in the retriever's
 order, kept only when the target is in it (the reranker cannot change anyone else's
 rank). The model then learns the retriever's position prior and what to change about it.
 
@@ -179,7 +179,7 @@ def _random_negatives(
     if len(out) + len(rest) < n:
         raise ConfigError(
             f"user {user} has too few items left for {n} more random negatives",
-            parameter="n_candidates",
+            parameter="num_candidates",
             value=n,
         )
     return out + rest[: n - len(out)]
@@ -213,7 +213,7 @@ def build_examples(
     retriever: CandidateGenerator | None,
     renderer: PromptRenderer,
     *,
-    n_candidates: int = 20,
+    num_candidates: int = 20,
     hard_fraction: float = 0.5,
     windows: int = 1,
     users: Sequence[int] | np.ndarray | None = None,
@@ -238,8 +238,8 @@ def build_examples(
         ``hard_fraction`` must be 0).
     renderer:
         Renders the template for the tokenizer of the model to tune (chat format, budget).
-    n_candidates:
-        Target + ``n_candidates - 1`` negatives; at most the template's number of labels.
+    num_candidates:
+        Target + ``num_candidates - 1`` negatives; at most the template's number of labels.
     hard_fraction:
         Share of the negatives taken from the retriever's top list (in its order), the rest
         random. Too few retrieved items are filled with random ones.
@@ -269,11 +269,11 @@ def build_examples(
         raise ConfigError(
             "training examples need a listwise template", parameter="template", value=renderer.template.name
         )
-    if not 2 <= n_candidates <= len(labels):
+    if not 2 <= num_candidates <= len(labels):
         raise ConfigError(
             f"must be in [2, {len(labels)}] (the template's labels)",
-            parameter="n_candidates",
-            value=n_candidates,
+            parameter="num_candidates",
+            value=num_candidates,
         )
     if not 0.0 <= hard_fraction <= 1.0:
         raise ConfigError("must be in [0, 1]", parameter="hard_fraction", value=hard_fraction)
@@ -306,13 +306,13 @@ def build_examples(
     pool = np.arange(len(src.catalog)) if src.allowed is None else np.flatnonzero(src.allowed)
 
     pairs = _targets(src.sequences, users_arr, windows)
-    n_neg = n_candidates - 1
+    n_neg = num_candidates - 1
     n_hard = int(round(hard_fraction * n_neg))
     histories = [History(items=src.sequences[u][:pos]) for u, pos in pairs]
     # Retrieve a few extra: other items of the user (later train items, validation, test)
     # are dropped below.
     if in_retriever_order:
-        depth = n_candidates + windows + 2
+        depth = num_candidates + windows + 2
     elif n_hard:
         depth = n_hard + min(n_neg, 20)
     else:
@@ -331,10 +331,10 @@ def build_examples(
         if in_retriever_order:
             # The user's other items (later train, validation, test) are not candidates.
             kept = [i for i in hard_row.tolist() if i >= 0 and (i == target or i not in banned)]
-            if target not in kept[:n_candidates]:
+            if target not in kept[:num_candidates]:
                 dropped += 1
                 continue
-            cands = np.array(kept[:n_candidates], dtype=np.int64)
+            cands = np.array(kept[:num_candidates], dtype=np.int64)
         else:
             cands = _shuffled_candidates(rng, target, hard_row, banned, pool, n_hard, n_neg, u)
         label = labels[int(np.flatnonzero(cands == target)[0])]
@@ -351,7 +351,7 @@ def build_examples(
         "built %d examples from %d users (%d candidates, %d hard, windows=%d, order=%s, seed=%d)",
         len(rows["prompt"]),
         len(users_arr),
-        n_candidates,
+        num_candidates,
         n_hard,
         windows,
         candidate_order,
@@ -359,6 +359,6 @@ def build_examples(
     )
     if dropped:
         logger.info(
-            "%d of %d targets not in the retriever's top-%d: no example", dropped, len(pairs), n_candidates
+            "%d of %d targets not in the retriever's top-%d: no example", dropped, len(pairs), num_candidates
         )
     return Dataset.from_dict(rows)

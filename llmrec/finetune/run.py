@@ -14,41 +14,36 @@ from pathlib import Path
 import numpy as np
 
 from llmrec.candidates import TrainData
-from llmrec.data import CleaningConfig, clean, cross_domain_split, leave_one_out, load_dataset
+from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.schema import RecDataset
 from llmrec.data.split import LeaveOneOutSplit
-from llmrec.errors import ConfigError
-from llmrec.evaluation.experiment import build_generator
 from llmrec.finetune.config import FinetuneConfig
 from llmrec.finetune.evaluation import RankingEvaluator
 from llmrec.finetune.examples import build_examples, sample_users
 from llmrec.finetune.trainer import finetune, load_tokenizer
 from llmrec.llm.models import resolve_model
 from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+from llmrec.pipeline import build_retriever, prepare_data
 
 logger = logging.getLogger(__name__)
 
 
 def run_finetune(config: FinetuneConfig) -> Path:
-    """Tune the reranker on ``config.dataset`` (optionally one ``config.domain``); the adapter folder."""
-    if not config.dataset:
-        raise ConfigError(
-            "name the training data (a folder or 'ml-latest-small')", parameter="dataset", value=None
-        )
-    data = clean(load_dataset(config.dataset), CleaningConfig())
-    split = leave_one_out(data, domain=config.domain)
-    retriever = build_generator(config.retriever, {}, config.seed)
-    retriever.fit(TrainData(split.catalog, split.sequences("valid")))
+    """Tune the reranker on ``config.dataset`` (optionally one ``config.target`` domain); the
+    adapter folder."""
+    data = prepare_data(config)
+    split = leave_one_out(data, domain=config.target)
+    retriever = build_retriever(config, TrainData(split.catalog, split.sequences("valid")))
     template = PromptTemplate.load(config.template)
     renderer = PromptRenderer(template, load_tokenizer(resolve_model(config.model)), config.max_prompt_tokens)
     users = _training_users(data, split, config)
-    allowed = split.catalog.domain_mask(config.domain)
+    allowed = split.catalog.domain_mask(config.target)
     examples = build_examples(
         split,
         None,
         retriever,
         renderer,
-        n_candidates=config.n_candidates,
+        num_candidates=config.num_candidates,
         hard_fraction=config.hard_fraction,
         windows=config.windows,
         candidate_order=config.candidate_order,
@@ -64,7 +59,7 @@ def run_finetune(config: FinetuneConfig) -> Path:
             retriever,
             template,
             users=config.eval_users,
-            n_candidates=config.n_candidates,
+            num_candidates=config.num_candidates,
             max_prompt_tokens=config.max_prompt_tokens,
         )
     return finetune(config, examples, evaluator)
@@ -72,15 +67,9 @@ def run_finetune(config: FinetuneConfig) -> Path:
 
 def _training_users(data: RecDataset, split: LeaveOneOutSplit, config: FinetuneConfig) -> np.ndarray | None:
     """Users whose histories become examples: all (None), a few-shot sample, minus cold-start users."""
-    if config.cold_start_source is None:
+    if config.source is None:
         return None if config.train_users is None else sample_users(split, config.train_users, config.seed)
-    if config.domain is None:
-        raise ConfigError(
-            "cold_start_source needs the target domain to tune on",
-            parameter="domain",
-            value=config.domain,
-        )
-    cd = cross_domain_split(data, config.cold_start_source, config.domain, config.cold_fraction, config.seed)
+    cd = cross_domain_split(data, config.source, config.target, config.cold_fraction, config.seed)
     cold_ids = set(cd.user_ids[cd.cold].tolist())
     empty = np.zeros(0, dtype=np.int64)
     seqs = [empty if uid in cold_ids else s for uid, s in zip(split.user_ids.tolist(), split.train)]
@@ -88,8 +77,8 @@ def _training_users(data: RecDataset, split: LeaveOneOutSplit, config: FinetuneC
     logger.info(
         "%d cold-start users of %s -> %s left out; %d training users",
         len(cold_ids),
-        config.cold_start_source,
-        config.domain,
+        config.source,
+        config.target,
         len(users),
     )
     return users

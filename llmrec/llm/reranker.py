@@ -34,15 +34,8 @@ class RerankParams:
     chunk_size: int = 16
     """Prompts handed to the backend at once (the progress bar advances per chunk)."""
     progress: bool = True
-    retriever_weight: float = 0.0
-    """Score fusion with the retriever: 0 = the LLM alone; w > 0 adds ``w * log(1 / position)``
-    of each candidate's place in the input (retriever) order to the LLM's log-probs
-    renormalized over the candidates (see :func:`fuse_with_retriever`). Choose w on
-    validation users (``llmrec evaluate --fusion-weights ... --stage valid``)."""
 
     def __post_init__(self) -> None:
-        if self.retriever_weight < 0:
-            raise ConfigError("must be >= 0", parameter="retriever_weight", value=self.retriever_weight)
         if self.shuffles < 0:
             raise ConfigError("must be >= 0", parameter="shuffles", value=self.shuffles)
         if self.mode not in ("verbalizer", "generate"):
@@ -122,10 +115,7 @@ class LLMReranker:
                 counts[u][order] += 1
             bar.update(len(chunk))
         bar.close()
-        means = [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
-        if params.retriever_weight:
-            return [fuse_with_retriever(m, params.retriever_weight) for m in means]
-        return means
+        return [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
 
     def _verbalizer_scores(self, prompts: list[str]) -> np.ndarray:
         logp = self.backend.label_logprobs(prompts, self.label_ids)
@@ -148,25 +138,6 @@ class LLMReranker:
         return out
 
 
-def fuse_with_retriever(llm_scores: np.ndarray, weight: float) -> np.ndarray:
-    """LLM candidate scores fused with the retriever's order (candidates in retriever order).
-
-    ``log_softmax(llm_scores) + weight * log(1 / (position + 1))``: the LLM's distribution over
-    the candidates times a Zipf prior over the retriever's ranks raised to ``weight``. 0 keeps
-    the LLM's order; a large weight keeps the retriever's order, the LLM breaking near-ties;
-    ``inf`` is the retriever's order exactly.
-    Both terms are scale-free, so one weight transfers across users and list lengths.
-    """
-    llm = np.asarray(llm_scores, dtype=np.float64)
-    if weight == 0:
-        return llm
-    if np.isinf(weight):  # the retriever's order; the LLM has no say
-        return -np.arange(len(llm), dtype=np.float64)
-    shifted = llm - llm.max()
-    log_probs = shifted - np.log(np.exp(shifted).sum())
-    return log_probs - weight * np.log1p(np.arange(len(llm), dtype=np.float64))
-
-
 def parse_labels(text: str, labels: Sequence[str]) -> list[int]:
     """Label indices in order of first appearance in generated ``text``."""
     index = {label: i for i, label in enumerate(labels)}
@@ -176,8 +147,3 @@ def parse_labels(text: str, labels: Sequence[str]) -> list[int]:
         if i is not None and i not in seen:
             seen.append(i)
     return seen
-
-
-def rerank_order(scores: np.ndarray) -> np.ndarray:
-    """Candidate positions sorted by score desc; ties keep the retriever's order."""
-    return np.lexsort((np.arange(len(scores)), -scores))
