@@ -1,10 +1,14 @@
-"""Atomic file output: a reader never sees a half-written file."""
+"""Atomic file output: a reader never sees a half-written file or folder."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,41 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], marker: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    A killed or failed write leaves no half folder at ``path`` (only the temporary one
+    is removed). An existing ``path`` is replaced only when it is an empty folder or holds
+    ``marker`` (the file every save writes), so a mistyped path never deletes other files.
+    """
+    target = Path(path)
+    if target.exists() and not (
+        target.is_dir() and (not any(target.iterdir()) or (marker and (target / marker).is_file()))
+    ):
+        raise FileExistsError(
+            f"{target} exists and is not a previous save (no {marker or 'marker file'} in it): "
+            "choose another path or remove it"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkdtemp: its 0700 mode would outlive the rename; mkdir honours the umask.
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            # os.replace cannot overwrite a non-empty folder: move the old one aside first.
+            old = tmp.with_suffix(".old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _jsonable(value: Any) -> Any:

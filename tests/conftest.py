@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared/data (tests skip clearly when it is absent)."""
+"""Shared fixtures: the real data in ../shared/data (tests skip clearly when it is absent;
+ml-latest-small falls back to the copy embedded in the package)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ def _require(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def ml_small_dir() -> Path:
-    """The original ml-latest-small folder from shared/data."""
-    return _require(SHARED_DATA / "ml-latest-small")
+    """The original ml-latest-small folder from shared/data, else the embedded identical copy."""
+    from llmrec.data.loaders import EMBEDDED
+
+    shared = SHARED_DATA / "ml-latest-small"
+    return shared if shared.exists() else EMBEDDED["ml-latest-small"]
 
 
 @pytest.fixture(scope="session")

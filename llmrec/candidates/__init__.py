@@ -4,19 +4,20 @@ Every generator follows one API (see :class:`~llmrec.candidates.base.CandidateGe
 
     gen = make_generator("ease", l2=300.0).fit(TrainData(catalog, sequences))
     cands = gen.candidates(histories, k=20)   # Candidates(items, scores, fallback)
+    gen.save("ease-model"); gen = load_generator("ease-model")   # fit once, load many
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData
+from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData, param_names
 from llmrec.candidates.bm25 import BM25Generator
 from llmrec.candidates.ease import EASEGenerator
 from llmrec.candidates.fusion import FusedGenerator, default_components
 from llmrec.candidates.itemknn import ItemKNNGenerator
 from llmrec.candidates.mf import MFGenerator
+from llmrec.candidates.persistence import load_generator
 from llmrec.candidates.popularity import PopularityGenerator
 from llmrec.candidates.text import STOPWORDS, tokenize
 from llmrec.errors import ConfigError
@@ -48,7 +49,7 @@ def make_generator(name: str, *, seed: int | None = None, **params: Any) -> Cand
         raise ConfigError(
             f"unknown generator; valid names: {', '.join(GENERATORS)}", parameter="name", value=name
         ) from None
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    valid = param_names(cls)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ConfigError(
@@ -74,6 +75,7 @@ __all__ = [
     "STOPWORDS",
     "TrainData",
     "default_components",
+    "load_generator",
     "make_generator",
     "tokenize",
 ]

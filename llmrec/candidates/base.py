@@ -9,13 +9,18 @@ here once.
 
 from __future__ import annotations
 
+import inspect
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
+from llmrec.candidates.persistence import load_array, save_array, save_generator
 from llmrec.data.catalog import History, ItemCatalog
 from llmrec.data.split import interaction_matrix
 from llmrec.ranking import popularity_tie_rank, top_k
@@ -73,12 +78,19 @@ def apply_masks(
     return scores
 
 
+def param_names(cls: type) -> list[str]:
+    """Names of the constructor parameters of generator class ``cls``."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
 class CandidateGenerator(ABC):
     """Base class: fit on training sequences, score all items, return top-k."""
 
     name: str = "generator"
     uses_text: bool = False
     """True when free-text histories (new users) carry signal for this generator."""
+    saved_arrays: ClassVar[tuple[str, ...]] = ()
+    """Attributes holding the learned state (numpy arrays or scipy.sparse matrices) :meth:`save` writes."""
 
     def __init__(self) -> None:
         self.catalog: ItemCatalog | None = None
@@ -96,6 +108,33 @@ class CandidateGenerator(ABC):
     @abstractmethod
     def _fit(self, train: TrainData) -> None:
         """Generator-specific learning."""
+
+    def params(self) -> dict[str, Any]:
+        """The constructor's hyper-parameters (what :meth:`save` records)."""
+        return {p: getattr(self, p) for p in param_names(type(self))}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted generator and its catalog to the folder ``path``, atomically; returns ``path``.
+
+        :func:`~llmrec.candidates.load_generator` reads it back, scoring exactly as now.
+        An existing folder is replaced only if it is empty or a previous save.
+        """
+        return save_generator(self, path)
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], folder: Path, catalog: ItemCatalog) -> CandidateGenerator:
+        """An unfitted generator with the saved ``params`` (fused: components read from ``folder``)."""
+        return cls(**params)
+
+    def _save_state(self, folder: Path) -> None:
+        """Write the learned state to ``folder`` (default: each of :attr:`saved_arrays`)."""
+        for attr in self.saved_arrays:
+            save_array(folder / attr, getattr(self, attr))
+
+    def _load_state(self, folder: Path) -> None:
+        """Read back what :meth:`_save_state` wrote (``catalog`` and ``item_counts`` are set already)."""
+        for attr in self.saved_arrays:
+            setattr(self, attr, load_array(folder / attr))
 
     @abstractmethod
     def score(self, histories: Sequence[History]) -> np.ndarray:

@@ -21,11 +21,13 @@ all vocabulary terms *before* that replacement.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from llmrec.candidates.base import CandidateGenerator, TrainData
+from llmrec.candidates.persistence import load_array, save_array
 from llmrec.candidates.text import tokenize
 from llmrec.data.catalog import History
 from llmrec.errors import ConfigError
@@ -48,6 +50,7 @@ class BM25Generator(CandidateGenerator):
 
     name = "bm25"
     uses_text = True
+    saved_arrays = ("item_token_counts", "idf", "weights")
 
     def __init__(
         self,
@@ -116,6 +119,16 @@ class BM25Generator(CandidateGenerator):
         if self.backend == "rank_bm25":
             rank_bm25 = _import_rank_bm25()
             self.reference = rank_bm25.BM25Okapi(docs, k1=self.k1, b=self.b, epsilon=self.epsilon)
+
+    def _save_state(self, folder: Path) -> None:
+        super()._save_state(folder)
+        # Tokens in column order (the dict's insertion order); a str array, so no pickle.
+        save_array(folder / "vocabulary", np.array(list(self.vocabulary), dtype=str))
+
+    def _load_state(self, folder: Path) -> None:
+        super()._load_state(folder)
+        tokens = load_array(folder / "vocabulary").tolist()
+        self.vocabulary = {tok: col for col, tok in enumerate(tokens)}
 
     def query_tokens(self, history: History) -> list[str]:
         """Tokens of the query for one history: recent item texts, then the free text."""

@@ -34,6 +34,7 @@ class EASEGenerator(CandidateGenerator):
     """
 
     name = "ease"
+    saved_arrays = ("weights",)
 
     def __init__(self, l2: float = 300.0, recency_decay: float = 0.7, max_items: int = 20_000) -> None:
         super().__init__()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from llmrec.candidates.base import CandidateGenerator, TrainData, apply_masks
-from llmrec.data.catalog import History
+from llmrec.candidates.persistence import read_generator, write_generator
+from llmrec.data.catalog import History, ItemCatalog
 from llmrec.errors import ConfigError, LlmrecWarning
 from llmrec.ranking import top_k
 
@@ -119,6 +122,23 @@ class FusedGenerator(CandidateGenerator):
                 continue
             active.append(True)
         self.active = active
+
+    def params(self) -> dict[str, Any]:
+        # The components are saved in sub-folders, not as a parameter.
+        return {k: v for k, v in super().params().items() if k != "generators"}
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], folder: Path, catalog: ItemCatalog) -> FusedGenerator:
+        parts = [read_generator(folder / f"component{i}", catalog) for i in range(len(params["weights"]))]
+        return cls(generators=parts, **params)
+
+    def _save_state(self, folder: Path) -> None:
+        # A component skipped at fit time is saved unfitted (its parameters only).
+        for i, (g, on) in enumerate(zip(self.generators, self.active)):
+            write_generator(g, folder / f"component{i}", fitted=on)
+
+    def _load_state(self, folder: Path) -> None:
+        self.active = [g.catalog is not None for g in self.generators]
 
     def score(self, histories: Sequence[History]) -> np.ndarray:
         """Fused scores with history items excluded inside each component (as ``candidates`` does)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -82,6 +83,7 @@ class ItemKNNGenerator(CandidateGenerator):
     """
 
     name = "itemknn"
+    saved_arrays = ("similarity",)
 
     def __init__(self, neighbors: int | None = None, shrink: float = 0.0, recency_decay: float = 0.6) -> None:
         super().__init__()
@@ -109,9 +111,16 @@ class ItemKNNGenerator(CandidateGenerator):
         if self.neighbors is not None:
             sim = keep_top_per_row(sim, self.neighbors)
         self.similarity = sim.astype(np.float32)
-        n = sim.shape[0]
+        self._densify()
+
+    def _load_state(self, folder: Path) -> None:
+        super()._load_state(folder)
+        self._densify()
+
+    def _densify(self) -> None:
         # Sparse @ sparse is slow when most item pairs co-occur (ml-latest-small: ~77%);
         # a dense copy then makes scoring a sparse @ dense product (~5x faster).
+        n = self.similarity.shape[0]
         dense = n <= _DENSE_MAX_ITEMS and self.similarity.nnz >= _DENSE_MIN_FILL * n * n
         self._dense = self.similarity.toarray() if dense else None
 

@@ -39,6 +39,8 @@ class MFGenerator(CandidateGenerator):
     """
 
     name = "mf"
+    saved_arrays = ("item_factors",)
+    """The implicit estimator is not saved: scoring folds users in from ``item_factors`` alone."""
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ class PopularityGenerator(CandidateGenerator):
     """
 
     name = "popularity"
+    saved_arrays = ("counts",)
 
     def __init__(self) -> None:
         super().__init__()

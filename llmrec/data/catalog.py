@@ -66,6 +66,25 @@ class ItemCatalog:
             domains=items["domain"].to_numpy(dtype=object),
         )
 
+    def to_json(self) -> dict[str, list[str]]:
+        """The catalog's fields as plain lists (:meth:`from_json` reads them back)."""
+        return {
+            "item_ids": self.item_ids.tolist(),
+            "titles": list(self.titles),
+            "texts": list(self.texts),
+            "domains": self.domains.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, fields: dict[str, list[str]]) -> ItemCatalog:
+        """Catalog from :meth:`to_json`'s output."""
+        return cls(
+            item_ids=np.asarray(fields["item_ids"], dtype=object),
+            titles=list(fields["titles"]),
+            texts=list(fields["texts"]),
+            domains=np.asarray(fields["domains"], dtype=object),
+        )
+
     def __len__(self) -> int:
         return len(self.item_ids)
 

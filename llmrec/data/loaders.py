@@ -8,7 +8,8 @@ Supported sources (each loader names the files it reads):
 - MovieLens 1M / 10M: ``ratings.dat`` + ``movies.dat`` (:func:`load_movielens_1m`);
 - Amazon Reviews 2023 JSONL: a reviews file + its ``meta_`` file (:func:`load_amazon2023`);
 - RecBole atomic files: ``NAME.inter`` + ``NAME.item`` (:func:`load_recbole`);
-- any CSV/TSV/Parquet pair with a :class:`ColumnMapping` (:func:`load_tables`).
+- any CSV/TSV/Parquet pair with a :class:`ColumnMapping` (:func:`load_tables`);
+- a folder written by ``RecDataset.save`` / ``llmrec data --save`` (:meth:`RecDataset.load`).
 
 :func:`load_dataset` detects the format of a folder. Every problem with the
 input raises one :class:`~llmrec.errors.DataError` naming the file, the column
@@ -43,20 +44,22 @@ from llmrec.data.formats.tables import ColumnMapping as ColumnMapping
 from llmrec.data.formats.tables import _find_table, load_tables_folder
 from llmrec.data.formats.tables import infer_mapping as infer_mapping
 from llmrec.data.formats.tables import load_tables as load_tables
-from llmrec.data.schema import RecDataset
+from llmrec.data.schema import DATASET_META, RecDataset
 from llmrec.errors import DataError
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 EMBEDDED = {"ml-latest-small": RESOURCES / "ml-latest-small"}
 """Datasets shipped with the package, by the name :func:`load_dataset` accepts."""
 
-FORMATS = ("movielens", "ml-100k", "ml-1m", "amazon2023", "recbole", "tables")
+FORMATS = ("llmrec", "movielens", "ml-100k", "ml-1m", "amazon2023", "recbole", "tables")
 """Values accepted by ``load_dataset(..., format=...)``."""
 
 
 def detect_format(path: str | Path) -> str:
     """The :data:`FORMATS` entry of a dataset folder, from the files it holds."""
     root = _folder(path)
+    if (root / DATASET_META).is_file():
+        return "llmrec"
     if (root / "ratings.csv").is_file():
         return "movielens"
     if (root / "u.data").is_file():
@@ -74,13 +77,14 @@ def detect_format(path: str | Path) -> str:
         "unrecognized dataset folder",
         file=str(root),
         value=found or None,
-        hint="expected ratings.csv+movies.csv, u.data+u.item, ratings.dat+movies.dat, "
-        "interactions.csv+items.csv, NAME.inter+NAME.item, or X.jsonl+meta_X.jsonl; "
+        hint=f"expected {DATASET_META} (a saved dataset), ratings.csv+movies.csv, u.data+u.item, "
+        "ratings.dat+movies.dat, interactions.csv+items.csv, NAME.inter+NAME.item, or X.jsonl+meta_X.jsonl; "
         f"or pass format= one of {FORMATS}",
     )
 
 
 _LOADERS = {
+    "llmrec": RecDataset.load,
     "movielens": load_movielens,
     "ml-100k": load_movielens_100k,
     "ml-1m": load_movielens_1m,
@@ -95,7 +99,7 @@ def load_dataset(path: str | Path, format: str | None = None, **options: Any) ->
 
     ``path`` may also be the name of an embedded dataset (``"ml-latest-small"``).
     ``options`` go to the format's loader (e.g. ``mapping=`` and ``order_by=`` for
-    ``"tables"``). The dataset name is the folder name.
+    ``"tables"``). The dataset name is the folder name (a saved dataset keeps its saved name).
     """
     root = EMBEDDED.get(str(path), Path(path))
     if not root.exists():
@@ -107,5 +111,6 @@ def load_dataset(path: str | Path, format: str | None = None, **options: Any) ->
     fmt = format or detect_format(root)
     if fmt not in _LOADERS:
         raise DataError(f"unknown format {fmt!r}", file=str(root), value=fmt, hint=f"one of {FORMATS}")
-    options.setdefault("name", root.name)
+    if fmt != "llmrec":  # a saved dataset keeps the name it was saved under
+        options.setdefault("name", root.name)
     return _LOADERS[fmt](root, **options)

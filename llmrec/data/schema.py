@@ -21,6 +21,8 @@ from typing import Any, Literal
 import datasets
 import numpy as np
 
+from llmrec.io import atomic_dir, atomic_write_json
+
 INTERACTION_FEATURES = datasets.Features(
     {
         "user_id": datasets.Value("string"),
@@ -40,6 +42,9 @@ ITEM_FEATURES = datasets.Features(
 )
 
 OrderBy = Literal["timestamp", "step"]
+
+DATASET_META = "llmrec_dataset.json"
+"""The metadata file of a folder written by :meth:`RecDataset.save` (how loaders recognize one)."""
 
 
 @dataclass
@@ -103,23 +108,25 @@ class RecDataset:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Save both tables (Arrow) and the metadata to a folder."""
-        path = Path(path)
-        self.interactions.save_to_disk(str(path / "interactions"))
-        self.items.save_to_disk(str(path / "items"))
-        meta = {"name": self.name, "order_by": self.order_by, "source": self.source, "log": self.log}
-        from llmrec.io import atomic_write_json
+        """Save both tables (Arrow) and the metadata to a folder, atomically (see :func:`atomic_dir`).
 
-        atomic_write_json(path / "llmrec_dataset.json", meta)
+        An existing folder is replaced only if it is empty or a previous save.
+        """
+        path = Path(path)
+        with atomic_dir(path, marker=DATASET_META) as tmp:
+            self.interactions.save_to_disk(str(tmp / "interactions"))
+            self.items.save_to_disk(str(tmp / "items"))
+            meta = {"name": self.name, "order_by": self.order_by, "source": self.source, "log": self.log}
+            atomic_write_json(tmp / DATASET_META, meta)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> RecDataset:
-        """Load a folder written by :meth:`save`."""
+    def load(cls, path: str | Path, name: str | None = None) -> RecDataset:
+        """Load a folder written by :meth:`save`; ``name`` overrides the saved name."""
         path = Path(path)
-        meta = json.loads((path / "llmrec_dataset.json").read_text(encoding="utf-8"))
+        meta = json.loads((path / DATASET_META).read_text(encoding="utf-8"))
         return cls(
-            name=meta["name"],
+            name=name or meta["name"],
             interactions=datasets.load_from_disk(str(path / "interactions")),
             items=datasets.load_from_disk(str(path / "items")),
             order_by=meta["order_by"],
