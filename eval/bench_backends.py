@@ -54,9 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
-    hist, cands = rerank_inputs(args.data, args.users + args.warmup_users, args.k, args.seed)
-    warm_hist, warm_cands = hist[: args.warmup_users], cands[: args.warmup_users]
-    hist, cands = hist[args.warmup_users :], cands[args.warmup_users :]
+    inputs = rerank_inputs(args.data, args.users + args.warmup_users, args.k, args.seed)
+    warm, timed = inputs.rows(0, args.warmup_users), inputs.rows(args.warmup_users)
     params = RerankParams(progress=False)
     server = None
     results = {}
@@ -71,9 +70,9 @@ def main() -> None:
                 url = server.base_url
             reranker = _load(backend, args, url)
             load_seconds = time.perf_counter() - start
-            if warm_hist:
-                reranker.score(warm_hist, warm_cands, params)
-            row, scores = timed_rerank(reranker, hist, cands, params)
+            if warm.histories:
+                timed_rerank(reranker, warm, params)
+            row, scores = timed_rerank(reranker, timed, params)
             seconds = row["seconds"]
             results[backend] = row | {
                 "load_seconds": round(load_seconds, 1),
@@ -99,7 +98,7 @@ def main() -> None:
     }
     same_top1 = {b: sum(a == c for a, c in zip(r["top1"], results[ref]["top1"])) for b, r in results.items()}
     for b in backends[1:]:
-        print(f"{b} / {ref}: {ratios[b]:.2f}x users/s; same top-1 for {same_top1[b]}/{len(hist)} users")
+        print(f"{b} / {ref}: {ratios[b]:.2f}x users/s; same top-1 for {same_top1[b]}/{len(timed.histories)} users")
     import torch
 
     payload = {

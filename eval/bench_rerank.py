@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="eval/results/bench_rerank.json")
     args = parser.parse_args()
 
-    hist_titles, cand_titles = rerank_inputs(args.data, args.users, args.k, args.seed)
+    inputs = rerank_inputs(args.data, args.users, args.k, args.seed)
 
     start = time.perf_counter()
     verbalizer = load_reranker(args.model, batch_size=args.batch_size, device=args.device)
@@ -51,7 +51,7 @@ def main() -> None:
         ("verbalizer", verbalizer, RerankParams(progress=True)),
         ("generate", generator, RerankParams(mode="generate", max_new_tokens=args.max_new_tokens)),
     ):
-        results[name], _ = timed_rerank(reranker, hist_titles, cand_titles, params)
+        results[name], _ = timed_rerank(reranker, inputs, params)
         seconds = results[name]["seconds"]
         print(
             f"{name:10s} {results[name]['users_per_second']:8.3f} users/s  "

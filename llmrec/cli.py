@@ -55,8 +55,9 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
     shown = ",".join(map(str, default)) if isinstance(default, list) else default
     help_text = f"{f.metadata.get('help', '')}  [default: {'none' if shown is None else shown}]"
     if hint is bool:
-        names = [flag] if f.name.startswith("no_") else [f"{flag}/--no-{flag[2:]}"]
-        return click.option(*names, f.name, default=None, help=help_text)
+        if f.name.startswith("no_"):
+            return click.option(flag, f.name, is_flag=True, default=None, help=help_text)
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
     if typing.get_origin(base) is typing.Literal:

@@ -146,10 +146,12 @@ class Recommender:
         """The LLM's score of each candidate (retriever order, padding dropped), per history."""
         if self.reranker is None:
             raise RuntimeError("this Recommender has no LLM reranker")
-        rows = [[int(i) for i in row if i >= 0] for row in items]
-        titles = [[self.catalog.titles[i] for i in row] for row in rows]
+        return self.reranker.score(*self.texts(histories, items), params)
+
+    def texts(self, histories: Sequence[History], items: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+        """What the prompt shows: history titles and candidate titles (padding dropped), per user."""
         hist = [history_titles(h, self.catalog) for h in histories]
-        return self.reranker.score(hist, titles, params)
+        return hist, [[self.catalog.titles[i] for i in row if i >= 0] for row in items]
 
     def order(
         self, candidates: Candidates, llm_scores: Sequence[np.ndarray] | None, retriever_weight: float

@@ -1,8 +1,10 @@
-"""The llmrec command line on real data, through typer's runner."""
+"""The llmrec command line on real data, through click's runner."""
 
 import json
 
-from typer.testing import CliRunner
+import pytest
+
+from click.testing import CliRunner
 
 from llmrec.cli import app
 
@@ -71,3 +73,33 @@ def test_evaluate_writes_report(ml_small_dir, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["groups"]["all"]["methods"]) == {"popularity", "bm25"}
     assert (tmp_path / "report.md").exists()
+
+
+def test_recommend_without_llm_from_a_saved_retriever(ml_small_dir, tmp_path):
+    saved = tmp_path / "retriever"
+    fit = runner.invoke(app, ["candidates", str(ml_small_dir), "--retriever", "itemknn", "--save", str(saved)])
+    assert fit.exit_code == 0, fit.output
+    args = ["recommend", str(ml_small_dir), "--user", "1", "--no-llm", "--retriever", "itemknn", "--json"]
+    refit = runner.invoke(app, args)
+    loaded = runner.invoke(app, [*args, "--retriever-dir", str(saved)])
+    assert refit.exit_code == 0 and loaded.exit_code == 0, refit.output + loaded.output
+    items = json.loads(loaded.output)["items"]
+    assert items == json.loads(refit.output)["items"] and len(items) == 10
+    assert [r["retriever_rank"] for r in items] == list(range(1, 11))
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["evaluate", "ml-latest-small", "--source", "arts", "--target", "nosuch"], "source"),
+        (["evaluate", "ml-latest-small", "--stage", "train"], "--stage"),
+        (["recommend", "ml-latest-small", "--user", "1", "--n", "0"], "n=0"),
+        (["finetune", "--lora-r", "0"], "lora_r"),
+        (["finetune", "--learning-rate", "fast"], "--learning-rate"),
+        (["candidates", "ml-latest-small", "--user", "1", "--retriever", "nope"], "nope"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_setting(args, named):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output

@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 
 from llmrec.errors import ConfigError
-from llmrec.evaluation.experiment import EvalConfig
+from llmrec.config import RecommendConfig
+from llmrec.evaluation.config import EvalConfig
+from llmrec.candidates import PopularityGenerator, TrainData
+from llmrec.candidates.base import Candidates
+from llmrec.data.catalog import ItemCatalog
 from llmrec.evaluation.llm_stage import RerankScores, choose_weight
 from llmrec.evaluation.retrieval import RankedUsers
-from llmrec.llm.reranker import RerankParams, fuse_with_retriever, rerank_order
+from llmrec.pipeline import Recommender, fuse_with_retriever, rerank_order
 
 
 def test_zero_weight_keeps_the_llm_order_and_a_large_one_the_retriever_order():
@@ -34,7 +38,11 @@ def _scored(llm_rows, targets_pos):
     cands = np.array([[0, 1, 2], [3, 4, 5]])
     targets = np.array([cands[u, p] for u, p in enumerate(targets_pos)])
     ranked = RankedUsers(np.array(targets_pos) + 1, cands, np.zeros(2, bool), 0.0)
-    scored = RerankScores(np.arange(2), cands.tolist(), [np.asarray(r, float) for r in llm_rows], 0.0, 2)
+    names = [f"item {i}" for i in range(6)]
+    catalog = ItemCatalog(np.array(names), names, names, np.array(["all"] * 6))
+    rec = Recommender(PopularityGenerator().fit(TrainData(catalog, [np.arange(6)])))
+    candidates = Candidates(cands, np.zeros(cands.shape, np.float32), np.zeros(2, bool))
+    scored = RerankScores(rec, np.arange(2), candidates, [np.asarray(r, float) for r in llm_rows], 0.0, 2)
     return scored, ranked, targets
 
 
@@ -51,7 +59,7 @@ def test_choose_weight_picks_the_validation_argmax():
 
 def test_bad_fusion_settings_are_refused():
     with pytest.raises(ConfigError, match="retriever_weight"):
-        RerankParams(retriever_weight=-1)
+        RecommendConfig(retriever_weight=-1)
     with pytest.raises(ConfigError, match="fusion_weights"):
         EvalConfig(fusion_weights=[-0.5])
     with pytest.raises(ConfigError, match="stage"):

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from llmrec.errors import LlmrecError
 from llmrec.llm.models import resolve_model

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from llmrec.llm.reranker import LLMReranker, RerankParams, parse_labels, rerank_order
+from llmrec.llm.reranker import LLMReranker, RerankParams, parse_labels
+from llmrec.pipeline import rerank_order
 
 HIST = [["Toy Story (1995)", "Finding Nemo (2003)", "Shrek (2001)"], ["Heat (1995)", "Se7en (1995)"]]
 CANDS = [

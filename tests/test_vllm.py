@@ -165,7 +165,7 @@ def test_unknown_adapter_is_refused(engine):
 
 
 def test_recommend_through_the_server(server, ml_small_dir, smollm_dir):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from llmrec.cli import app
 

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from llmrec.data.catalog import History, ItemCatalog
 from llmrec.data.schema import RecDataset
+from llmrec.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +180,11 @@ def cross_domain_split(
     doms = data.domains
     for name, dom in (("source", source), ("target", target)):
         if dom not in doms:
-            raise ValueError(f"{name} domain {dom!r} not in the data; domains present: {doms}")
+            raise ConfigError(f"not a domain of {data.name}; domains present: {doms}", parameter=name, value=dom)
+    if source == target:
+        raise ConfigError("source and target must be different domains", parameter="target", value=target)
     if not 0.0 <= cold_fraction < 1.0:
-        raise ValueError(f"cold_fraction must be in [0, 1), got {cold_fraction}")
+        raise ConfigError("must be in [0, 1)", parameter="cold_fraction", value=cold_fraction)
     catalog = ItemCatalog.from_dataset(data)
     t_users, t_seqs = user_sequences(data, catalog, domain=target)
     s_users, s_seqs = user_sequences(data, catalog, domain=source)

@@ -132,6 +132,8 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
         self._check_sft_args()
 
     def _check_sft_args(self) -> None:
+        if not self.sft_args:
+            return
         from trl import SFTConfig
 
         known = {f.name for f in dataclasses.fields(SFTConfig)}
