@@ -152,7 +152,7 @@ def data(ctx, config_file, save, as_json, verbose, **values) -> None:
     cleaned = run(lambda: prepare_data(cfg))
     out = {"raw": raw.stats(), "cleaned": cleaned.stats(), "log": cleaned.log}
     if save is not None:
-        cleaned.save(save)
+        run(lambda: cleaned.save(save))
         out["saved_to"] = str(save)
     if as_json:
         click.echo(json.dumps(out, indent=2))

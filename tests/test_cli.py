@@ -27,6 +27,14 @@ def test_data_prints_llamarec_counts(ml_small_dir):
     assert stats["raw"]["interactions"] == 100836
 
 
+def test_data_save_writes_a_folder_the_commands_read_back(tmp_path):
+    saved = tmp_path / "ml-clean"
+    first = runner.invoke(app, ["data", "ml-latest-small", "--save", str(saved), "--json"])
+    again = runner.invoke(app, ["data", str(saved), "--json"])
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert json.loads(again.stdout)["cleaned"] == json.loads(first.stdout)["cleaned"]
+
+
 def test_candidates_for_known_user_and_free_text(ml_small_dir):
     known = runner.invoke(app, ["candidates", str(ml_small_dir), "--user", "1", "--k", "5", "--json"])
     assert known.exit_code == 0, known.output
