@@ -157,3 +157,25 @@ def test_evaluate_fusion_weight_is_chosen_on_validation(ml_small_dir, smollm_dir
     assert table["inf"] == pytest.approx(fusion["validation_retriever_ndcg@10"], abs=1e-12)
     fused = [r for r in rr["rows"].values() if "retriever_weight" in r]
     assert len(fused) == 1 and fused[0]["retriever_weight"] == fusion["chosen_weight"]
+
+
+def test_recommender_ranks_given_candidates_and_fuses_in_one_place(ml_small_split, smollm_backend):
+    """The one ranking path: a caller's candidate lists are reordered (never changed) by the
+    LLM; an infinite retriever weight gives back the retriever's order exactly."""
+    from llmrec.candidates import TrainData, make_generator
+    from llmrec.pipeline import Recommender
+
+    split = ml_small_split
+    retriever = make_generator("itemknn").fit(TrainData(split.catalog, split.sequences("test")))
+    rec = Recommender(retriever, LLMReranker(smollm_backend, "listwise_compact"), num_candidates=8)
+    histories = split.histories("test", np.arange(3))
+    given = rec.retrieve(histories)
+    params = RerankParams(progress=False)
+    ranking = rec.rank(histories, candidates=given, params=params)
+    for u in range(3):
+        assert sorted(ranking.items[u]) == sorted(given.items[u])
+        assert (given.items[u][ranking.retriever_ranks[u] - 1] == ranking.items[u]).all()
+        assert (np.diff(ranking.scores[u]) <= 0).all()
+    assert not (ranking.items == given.items).all(), "the LLM changed no order at all"
+    rec.retriever_weight = float("inf")
+    assert (rec.rank(histories, candidates=given, params=params).items == given.items).all()
