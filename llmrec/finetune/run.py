@@ -22,8 +22,8 @@ from llmrec.evaluation.experiment import build_generator
 from llmrec.finetune.config import FinetuneConfig
 from llmrec.finetune.evaluation import RankingEvaluator
 from llmrec.finetune.examples import build_examples, sample_users
-from llmrec.finetune.trainer import finetune, load_tokenizer
-from llmrec.llm.models import resolve_model
+from llmrec.finetune.trainer import finetune
+from llmrec.llm.models import load_tokenizer, resolve_model
 from llmrec.llm.prompting import PromptRenderer, PromptTemplate
 
 logger = logging.getLogger(__name__)

@@ -21,13 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,10 +35,10 @@ from llmrec import __version__
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.finetune.backend import InTrainingBackend
 from llmrec.finetune.config import METRIC, FinetuneConfig
+from llmrec.io import atomic_dir, atomic_write_json
 from llmrec.llm.backend import ScoringBackend, label_token_ids
-from llmrec.llm.models import resolve_model
+from llmrec.llm.models import load_causal_lm, load_tokenizer, pick_device, resolve_dtype, resolve_model
 from llmrec.llm.prompting import PromptTemplate
-from llmrec.llm.transformers_backend import load_causal_lm, pick_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +110,6 @@ def attach_adapter(model: Any, config: FinetuneConfig, device: str) -> Any:
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, lora)
-
-
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -260,35 +247,6 @@ def _brief(metrics: dict[str, float]) -> str:
 
 
 # --- outputs ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` by rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old.{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def library_versions() -> dict[str, str]:
@@ -487,7 +445,7 @@ def _finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | 
         "train_seconds": round(train_seconds, 2),
         "versions": library_versions(),
     }
-    write_json_atomic(out / MANIFEST, manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     if config.merge:
         merge_adapter(model_path, adapter_dir, out / MERGED)
     logger.info(

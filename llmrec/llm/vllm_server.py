@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.llm.models import resolve_model
+from llmrec.llm.models import resolve_dtype, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +203,6 @@ class VLLMServer:
     def command(self) -> list[str]:
         """The server's argv."""
         import torch
-
-        from llmrec.llm.transformers_backend import resolve_dtype
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         argv = [
