@@ -303,9 +303,14 @@ def tiny_data(tmp_path_factory, ml_small_split, retriever, smollm_tokenizer):
     return folder
 
 
-def _write_config(path: Path, model: Path, output_dir: Path, **extra) -> Path:
+def _write_config(path: Path, model: Path, output_dir: Path) -> Path:
+    """A `llmrec finetune` run on 24 users' tiny examples (4 candidates, ~200-token prompts)."""
     config = FinetuneConfig(
         model=str(model),
+        dataset="ml-latest-small",
+        retriever="popularity",  # hard negatives without fitting the fused retriever
+        train_users=24,
+        template="listwise",  # labels A-D are single SmolLM2 tokens (checked before training)
         output_dir=str(output_dir),
         max_steps=6,
         save_steps=2,
@@ -314,23 +319,13 @@ def _write_config(path: Path, model: Path, output_dir: Path, **extra) -> Path:
         threads=1,
         seed=11,
         **TINY,
-        **extra,
     )
-    config.to_json(path)
+    config.to_json(path)  # JSON is YAML: every key a FinetuneConfig field
     return path
 
 
-def _train_cmd(config: Path, data: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "llmrec.finetune.trainer",
-        "--config",
-        str(config),
-        "--train-data",
-        str(data),
-        *extra,
-    ]
+def _train_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "llmrec.cli", "finetune", "--config", str(config), *extra]
 
 
 def _adapter_tensors(folder: Path) -> dict:
@@ -340,11 +335,11 @@ def _adapter_tensors(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_data, smollm_dir):
-    """A complete 6-step QLoRA run (checkpoints every 2 steps) in a subprocess."""
+def uninterrupted(tmp_path_factory, smollm_dir):
+    """A complete 6-step QLoRA run (checkpoints every 2 steps) of `llmrec finetune` in a subprocess."""
     root = tmp_path_factory.mktemp("full")
-    config = _write_config(root / "config.json", smollm_dir, root / "run")
-    subprocess.run(_train_cmd(config, tiny_data), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400)
+    config = _write_config(root / "run.yaml", smollm_dir, root / "run")
+    subprocess.run(_train_cmd(config), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400)
     return root / "run"
 
 
@@ -352,9 +347,12 @@ def uninterrupted(tmp_path_factory, tiny_data, smollm_dir):
 def test_qlora_run_on_cpu_trains_the_lora_weights(uninterrupted):
     import torch
 
+    from llmrec.llm.models import resolve_dtype
+
     manifest = json.loads((uninterrupted / "manifest.json").read_text())
     metrics = manifest["metrics"]
-    assert manifest["quantization"] == "4bit" and manifest["dtype"] == "float32"
+    # float32, or bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX)
+    assert manifest["quantization"] == "4bit" and manifest["dtype"] == resolve_dtype("auto", "cpu")
     assert metrics["global_step"] == 6 and len(metrics["loss_history"]) == 6
     assert all(math.isfinite(loss) for _, loss in metrics["loss_history"])
     assert metrics["tokens_per_second"] > 0 and manifest["data"]["examples"] == 24
@@ -390,13 +388,13 @@ def test_adapter_loads_in_the_transformers_backend(uninterrupted, smollm_dir, sm
 
 
 @pytest.mark.slow
-def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data, smollm_dir, uninterrupted):
+def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path, smollm_dir, uninterrupted):
     import torch
 
-    config = _write_config(tmp_path / "config.json", smollm_dir, tmp_path / "run")
+    config = _write_config(tmp_path / "run.yaml", smollm_dir, tmp_path / "run")
     checkpoints = tmp_path / "run" / "checkpoints"
     proc = subprocess.Popen(
-        _train_cmd(config, tiny_data),
+        _train_cmd(config),
         env=TRAIN_ENV,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -411,9 +409,7 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data, smo
     assert last_checkpoint(checkpoints).name in ("checkpoint-2", "checkpoint-4")
     assert not (tmp_path / "run" / "adapter").exists()
 
-    subprocess.run(
-        _train_cmd(config, tiny_data, "--resume"), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400
-    )
+    subprocess.run(_train_cmd(config, "--resume"), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 6
     resumed, reference = (
