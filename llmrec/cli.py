@@ -398,10 +398,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 @app.command("serve-model")
 def serve_model(
     model: Annotated[str, typer.Option(help="Hub id, local folder, or 'smollm2-135m-instruct'.")] = (
@@ -448,3 +444,7 @@ def serve_model(
         typer.echo("stopping the vLLM server")
     finally:
         server.stop()
+
+
+if __name__ == "__main__":
+    main()
