@@ -17,8 +17,6 @@ from llmrec.io import atomic_dir, atomic_write_json
 from llmrec.llm.models import load_tokenizer
 from llmrec.llm.prompting import PromptTemplate
 
-ADAPTER = "adapter"
-MERGED = "merged"
 MANIFEST = "manifest.json"
 
 

@@ -22,14 +22,7 @@ from typing import Any
 from datasets import Dataset
 
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.finetune.artifacts import (
-    ADAPTER,
-    MERGED,
-    describe_data,
-    merge_adapter,
-    training_metrics,
-    write_manifest,
-)
+from llmrec.finetune.artifacts import describe_data, merge_adapter, training_metrics, write_manifest
 from llmrec.finetune.backend import InTrainingBackend
 from llmrec.finetune.config import METRIC, FinetuneConfig
 from llmrec.finetune.model import attach_adapter, load_base_model
@@ -45,6 +38,8 @@ EvalFn = Callable[[ScoringBackend], dict[str, float]]
 (:class:`~llmrec.finetune.evaluation.RankingEvaluator` is one)."""
 
 CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+MERGED = "merged"
 
 __all__ = ["FinetuneConfig", "finetune", "last_checkpoint", "tokenize_examples"]
 
