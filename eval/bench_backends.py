@@ -98,7 +98,10 @@ def main() -> None:
     }
     same_top1 = {b: sum(a == c for a, c in zip(r["top1"], results[ref]["top1"])) for b, r in results.items()}
     for b in backends[1:]:
-        print(f"{b} / {ref}: {ratios[b]:.2f}x users/s; same top-1 for {same_top1[b]}/{len(timed.histories)} users")
+        print(
+            f"{b} / {ref}: {ratios[b]:.2f}x users/s; "
+            f"same top-1 for {same_top1[b]}/{len(timed.histories)} users"
+        )
     import torch
 
     payload = {

@@ -1,4 +1,7 @@
-"""Atomic file output: a reader never sees a half-written file or folder."""
+"""Atomic output: a reader never sees a half-written file or folder.
+
+Files are written 0644 and folders 0755 (``mkstemp``/``mkdtemp`` alone make them owner-only).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -36,16 +40,22 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike[str], marker: str | None = None) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike[str], marker: str | None = None, *, keep_existing: bool = False
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; when the block succeeds it becomes ``path``.
 
-    A killed or failed write leaves no half folder at ``path`` (only the temporary one
-    is removed). An existing ``path`` is replaced only when it is an empty folder or holds
-    ``marker`` (the file every save writes), so a mistyped path never deletes other files.
+    A killed or failed write leaves no half folder at ``path`` (only the temporary one is
+    removed). An existing ``path`` is replaced only when it is an empty folder or holds
+    ``marker`` (a file every such write creates), so a mistyped path never deletes other
+    files. ``keep_existing``: a ``path`` that appeared meanwhile (a concurrent run wrote the
+    same thing) is kept and the new folder discarded.
     """
     target = Path(path)
-    if target.exists() and not (
-        target.is_dir() and (not any(target.iterdir()) or (marker and (target / marker).is_file()))
+    if (
+        target.exists()
+        and not keep_existing
+        and not (target.is_dir() and (not any(target.iterdir()) or (marker and (target / marker).is_file())))
     ):
         raise FileExistsError(
             f"{target} exists and is not a previous save (no {marker or 'marker file'} in it): "
@@ -57,7 +67,9 @@ def atomic_dir(path: str | os.PathLike[str], marker: str | None = None) -> Itera
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
+        if target.exists() and keep_existing:
+            shutil.rmtree(tmp)
+        elif target.exists():
             # os.replace cannot overwrite a non-empty folder: move the old one aside first.
             old = tmp.with_suffix(".old")
             os.replace(target, old)

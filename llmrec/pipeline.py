@@ -148,7 +148,9 @@ class Recommender:
             raise RuntimeError("this Recommender has no LLM reranker")
         return self.reranker.score(*self.texts(histories, items), params)
 
-    def texts(self, histories: Sequence[History], items: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+    def texts(
+        self, histories: Sequence[History], items: np.ndarray
+    ) -> tuple[list[list[str]], list[list[str]]]:
         """What the prompt shows: history titles and candidate titles (padding dropped), per user."""
         hist = [history_titles(h, self.catalog) for h in histories]
         return hist, [[self.catalog.titles[i] for i in row if i >= 0] for row in items]

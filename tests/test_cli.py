@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from click.testing import CliRunner
 
 from llmrec.cli import app
@@ -85,7 +84,9 @@ def test_evaluate_writes_report(ml_small_dir, tmp_path):
 
 def test_recommend_without_llm_from_a_saved_retriever(ml_small_dir, tmp_path):
     saved = tmp_path / "retriever"
-    fit = runner.invoke(app, ["candidates", str(ml_small_dir), "--retriever", "itemknn", "--save", str(saved)])
+    fit = runner.invoke(
+        app, ["candidates", str(ml_small_dir), "--retriever", "itemknn", "--save", str(saved)]
+    )
     assert fit.exit_code == 0, fit.output
     args = ["recommend", str(ml_small_dir), "--user", "1", "--no-llm", "--retriever", "itemknn", "--json"]
     refit = runner.invoke(app, args)

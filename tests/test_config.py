@@ -16,7 +16,12 @@ from llmrec.finetune.config import FinetuneConfig
 def test_shared_settings_have_one_default_everywhere():
     for cls in (EvalConfig, FinetuneConfig, RecommendConfig):
         cfg = cls()
-        assert (cfg.dataset, cfg.k_core, cfg.num_candidates, cfg.retriever) == ("ml-latest-small", 5, 20, "fused")
+        assert (cfg.dataset, cfg.k_core, cfg.num_candidates, cfg.retriever) == (
+            "ml-latest-small",
+            5,
+            20,
+            "fused",
+        )
     assert FinetuneConfig().quantization == "4bit" and EvalConfig().quantization == "none"
 
 
@@ -51,7 +56,8 @@ def test_typed_flags_override_the_yaml_and_untyped_defaults_do_not(ml_small_dir,
     suite.write_text("methods: [popularity, bm25]\nnum_candidates: 7\nks: [10]\nseed: 3\n")
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["evaluate", str(ml_small_dir), "--config", str(suite), "--num-candidates", "5", "--out", str(out)]
+        app,
+        ["evaluate", str(ml_small_dir), "--config", str(suite), "--num-candidates", "5", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "report.json").read_text())["config"]

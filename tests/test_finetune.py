@@ -37,7 +37,7 @@ from llmrec.llm.backend import label_token_ids
 from llmrec.llm.prompting import PromptRenderer, PromptTemplate
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"n_candidates": 4, "max_prompt_tokens": 200}
+TINY = {"num_candidates": 4, "max_prompt_tokens": 200}
 TRAIN_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -98,7 +98,7 @@ def test_examples_are_deterministic_and_seeded(ml_small_split, retriever, render
     users = sample_users(ml_small_split, 40, seed=3)
     assert np.array_equal(users, sample_users(ml_small_split, 40, seed=3)) and len(set(users)) == 40
     assert np.all(np.diff(users) > 0)
-    kwargs = {"n_candidates": 10, "windows": 2, "users": users, "progress": False}
+    kwargs = {"num_candidates": 10, "windows": 2, "users": users, "progress": False}
     a = build_examples(ml_small_split, None, retriever, renderer, seed=7, **kwargs)
     b = build_examples(ml_small_split, None, retriever, renderer, seed=7, **kwargs)
     c = build_examples(ml_small_split, None, retriever, renderer, seed=8, **kwargs)
@@ -111,7 +111,7 @@ def test_examples_are_deterministic_and_seeded(ml_small_split, retriever, render
 def test_hard_negatives_come_from_the_retriever(ml_small_split, retriever, renderer):
     split = ml_small_split
     users = sample_users(split, 20, seed=1)
-    common = {"n_candidates": 8, "users": users, "progress": False}
+    common = {"num_candidates": 8, "users": users, "progress": False}
     hard = build_examples(split, None, retriever, renderer, hard_fraction=1.0, **common)
     rand = build_examples(split, None, None, renderer, hard_fraction=0.0, **common)
     in_top = []
@@ -162,7 +162,7 @@ def test_source_domain_examples_stay_in_the_source_domain(arts_office_dir, smoll
     arts = cd.catalog.domain_mask("arts")
     source_retriever = make_generator("popularity").fit(TrainData(cd.catalog, cd.source_seqs))
     users = sample_users(cd, 60, seed=0)
-    common = {"n_candidates": 10, "users": users, "progress": False}
+    common = {"num_candidates": 10, "users": users, "progress": False}
     via_cd = build_examples(cd, None, source_retriever, renderer, **common)
     # A one-domain split keeps the full catalog: negatives must still be arts items only.
     arts_split = leave_one_out(data, domain="arts")
@@ -181,19 +181,19 @@ def test_target_domain_tuning_leaves_out_the_cold_start_users(arts_office_dir):
 
     data = clean(load_dataset(arts_office_dir))
     office = leave_one_out(data, domain="office")
-    cfg = FinetuneConfig(domain="office", cold_start_source="arts", seed=3)
+    cfg = FinetuneConfig(target="office", source="arts", seed=3)
     cd = cross_domain_split(data, "arts", "office", cfg.cold_fraction, seed=3)
     cold_ids = set(cd.user_ids[cd.cold].tolist())
     assert len(cold_ids) > 100
     trained_ids = set(office.user_ids[_training_users(data, office, cfg)].tolist())
     assert trained_ids and not trained_ids & cold_ids
-    few_cfg = FinetuneConfig(domain="office", cold_start_source="arts", train_users=64)
+    few_cfg = FinetuneConfig(target="office", source="arts", train_users=64)
     default_cold = cross_domain_split(data, "arts", "office")
     few = _training_users(data, office, few_cfg)
     assert len(few) == 64
     assert not set(office.user_ids[few].tolist()) & set(default_cold.user_ids[default_cold.cold].tolist())
-    with pytest.raises(ConfigError, match="domain"):
-        _training_users(data, office, FinetuneConfig(cold_start_source="arts"))
+    with pytest.raises(ConfigError, match="target"):
+        FinetuneConfig(source="arts")
 
 
 def test_tokenized_examples_put_the_loss_on_the_label_only(ml_small_split, retriever, renderer):
@@ -295,7 +295,7 @@ def tiny_data(tmp_path_factory, ml_small_split, retriever, smollm_tokenizer):
         retriever,
         renderer,
         users=users,
-        n_candidates=TINY["n_candidates"],
+        num_candidates=TINY["num_candidates"],
         progress=False,
     )
     folder = tmp_path_factory.mktemp("tiny") / "data"
@@ -303,9 +303,14 @@ def tiny_data(tmp_path_factory, ml_small_split, retriever, smollm_tokenizer):
     return folder
 
 
-def _write_config(path: Path, model: Path, output_dir: Path, **extra) -> Path:
+def _write_config(path: Path, model: Path, output_dir: Path) -> Path:
+    """A `llmrec finetune` run on 24 users' tiny examples (4 candidates, ~200-token prompts)."""
     config = FinetuneConfig(
         model=str(model),
+        dataset="ml-latest-small",
+        retriever="popularity",  # hard negatives without fitting the fused retriever
+        train_users=24,
+        template="listwise",  # labels A-D are single SmolLM2 tokens (checked before training)
         output_dir=str(output_dir),
         max_steps=6,
         save_steps=2,
@@ -314,23 +319,13 @@ def _write_config(path: Path, model: Path, output_dir: Path, **extra) -> Path:
         threads=1,
         seed=11,
         **TINY,
-        **extra,
     )
-    config.to_json(path)
+    config.to_json(path)  # JSON is YAML: every key a FinetuneConfig field
     return path
 
 
-def _train_cmd(config: Path, data: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "llmrec.finetune.trainer",
-        "--config",
-        str(config),
-        "--train-data",
-        str(data),
-        *extra,
-    ]
+def _train_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "llmrec.cli", "finetune", "--config", str(config), *extra]
 
 
 def _adapter_tensors(folder: Path) -> dict:
@@ -340,11 +335,11 @@ def _adapter_tensors(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_data, smollm_dir):
-    """A complete 6-step QLoRA run (checkpoints every 2 steps) in a subprocess."""
+def uninterrupted(tmp_path_factory, smollm_dir):
+    """A complete 6-step QLoRA run (checkpoints every 2 steps) of `llmrec finetune` in a subprocess."""
     root = tmp_path_factory.mktemp("full")
-    config = _write_config(root / "config.json", smollm_dir, root / "run")
-    subprocess.run(_train_cmd(config, tiny_data), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400)
+    config = _write_config(root / "run.yaml", smollm_dir, root / "run")
+    subprocess.run(_train_cmd(config), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400)
     return root / "run"
 
 
@@ -352,9 +347,12 @@ def uninterrupted(tmp_path_factory, tiny_data, smollm_dir):
 def test_qlora_run_on_cpu_trains_the_lora_weights(uninterrupted):
     import torch
 
+    from llmrec.llm.models import resolve_dtype
+
     manifest = json.loads((uninterrupted / "manifest.json").read_text())
     metrics = manifest["metrics"]
-    assert manifest["quantization"] == "4bit" and manifest["dtype"] == "float32"
+    # float32, or bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX)
+    assert manifest["quantization"] == "4bit" and manifest["dtype"] == resolve_dtype("auto", "cpu")
     assert metrics["global_step"] == 6 and len(metrics["loss_history"]) == 6
     assert all(math.isfinite(loss) for _, loss in metrics["loss_history"])
     assert metrics["tokens_per_second"] > 0 and manifest["data"]["examples"] == 24
@@ -390,13 +388,13 @@ def test_adapter_loads_in_the_transformers_backend(uninterrupted, smollm_dir, sm
 
 
 @pytest.mark.slow
-def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data, smollm_dir, uninterrupted):
+def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path, smollm_dir, uninterrupted):
     import torch
 
-    config = _write_config(tmp_path / "config.json", smollm_dir, tmp_path / "run")
+    config = _write_config(tmp_path / "run.yaml", smollm_dir, tmp_path / "run")
     checkpoints = tmp_path / "run" / "checkpoints"
     proc = subprocess.Popen(
-        _train_cmd(config, tiny_data),
+        _train_cmd(config),
         env=TRAIN_ENV,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -411,9 +409,7 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_data, smo
     assert last_checkpoint(checkpoints).name in ("checkpoint-2", "checkpoint-4")
     assert not (tmp_path / "run" / "adapter").exists()
 
-    subprocess.run(
-        _train_cmd(config, tiny_data, "--resume"), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400
-    )
+    subprocess.run(_train_cmd(config, "--resume"), check=True, env=TRAIN_ENV, cwd=REPO, timeout=400)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["resumed_from"] and manifest["metrics"]["global_step"] == 6
     resumed, reference = (
@@ -468,13 +464,13 @@ def test_validation_ranking_keeps_the_best_checkpoint_and_stops_early(
 @pytest.mark.slow
 def test_finetune_cli_end_to_end(tmp_path, ml_small_dir, smollm_dir):
     """`llmrec finetune` wires data -> retriever -> examples -> QLoRA -> adapter + manifest."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from llmrec.cli import app
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        "n_candidates: 4\nmax_prompt_tokens: 256\nper_device_train_batch_size: 2\n"
+        "num_candidates: 4\nmax_prompt_tokens: 256\nper_device_train_batch_size: 2\n"
         "eval_users: 0\nsave_steps: 1\nthreads: 1\n"
     )
     out = tmp_path / "run"

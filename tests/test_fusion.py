@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from llmrec.errors import ConfigError
-from llmrec.config import RecommendConfig
-from llmrec.evaluation.config import EvalConfig
 from llmrec.candidates import PopularityGenerator, TrainData
 from llmrec.candidates.base import Candidates
+from llmrec.config import RecommendConfig
 from llmrec.data.catalog import ItemCatalog
+from llmrec.errors import ConfigError
+from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.llm_stage import RerankScores, choose_weight
 from llmrec.evaluation.retrieval import RankedUsers
 from llmrec.pipeline import Recommender, fuse_with_retriever, rerank_order

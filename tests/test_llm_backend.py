@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from llmrec.errors import LlmrecError
-from llmrec.llm.models import resolve_model
+from llmrec.llm.models import resolve_dtype, resolve_model
 from llmrec.llm.reranker import LLMReranker, RerankParams
-from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig, resolve_dtype
+from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
 
 PROMPT_HIST = [["Toy Story (1995)", "Finding Nemo (2003)"]]
 PROMPT_CANDS = [["Heat (1995)", "Toy Story 2 (1999)", "Casino (1995)"]]

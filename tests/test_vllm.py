@@ -139,7 +139,7 @@ def test_adapter_changes_the_scores(reference):
 
 @pytest.mark.parametrize("adapter", [None, "domain"])
 def test_server_matches_transformers(server, smollm_dir, reference, prompts_and_labels, adapter):
-    from llmrec.llm.vllm_server import VLLMServerBackend, VLLMServerConfig
+    from llmrec.llm.vllm_client import VLLMServerBackend, VLLMServerConfig
 
     prompts, ids = prompts_and_labels
     client = VLLMServerBackend(
@@ -150,7 +150,7 @@ def test_server_matches_transformers(server, smollm_dir, reference, prompts_and_
 
 
 def test_engine_and_server_generate_the_same_text(engine, server, smollm_dir, prompts_and_labels):
-    from llmrec.llm.vllm_server import VLLMServerBackend, VLLMServerConfig
+    from llmrec.llm.vllm_client import VLLMServerBackend, VLLMServerConfig
 
     prompts, _ = prompts_and_labels
     client = VLLMServerBackend(VLLMServerConfig(base_url=server.base_url, model=str(smollm_dir)))

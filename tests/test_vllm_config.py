@@ -14,13 +14,8 @@ from llmrec.cli import app
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.llm import load_backend
 from llmrec.llm.vllm_backend import VLLMConfig, read_label_logprobs
-from llmrec.llm.vllm_server import (
-    ServerUnavailable,
-    VLLMServer,
-    VLLMServerBackend,
-    VLLMServerConfig,
-    free_port,
-)
+from llmrec.llm.vllm_client import ServerUnavailable, VLLMServerBackend, VLLMServerConfig
+from llmrec.llm.vllm_server import VLLMServer, free_port
 
 
 def test_adapter_folder_without_adapter_config_is_refused(tmp_path):

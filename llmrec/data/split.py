@@ -180,7 +180,9 @@ def cross_domain_split(
     doms = data.domains
     for name, dom in (("source", source), ("target", target)):
         if dom not in doms:
-            raise ConfigError(f"not a domain of {data.name}; domains present: {doms}", parameter=name, value=dom)
+            raise ConfigError(
+                f"not a domain of {data.name}; domains present: {doms}", parameter=name, value=dom
+            )
     if source == target:
         raise ConfigError("source and target must be different domains", parameter="target", value=target)
     if not 0.0 <= cold_fraction < 1.0:

@@ -7,21 +7,27 @@
     adapter_dir = finetune(FinetuneConfig.from_yaml("finetune/source-arts.yaml"), examples, evaluator)
 
 The adapter folder is used by ``TransformersBackend(TransformersConfig(model=..., adapter=...))``.
+Names are imported on first use, so reading a ``FinetuneConfig`` does not load the trainer.
 """
 
-from llmrec.finetune.backend import InTrainingBackend
-from llmrec.finetune.config import FinetuneConfig
-from llmrec.finetune.evaluation import RankingEvaluator
-from llmrec.finetune.examples import COLUMNS, build_examples, sample_users
-from llmrec.finetune.trainer import finetune, last_checkpoint
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "COLUMNS",
-    "FinetuneConfig",
-    "InTrainingBackend",
-    "RankingEvaluator",
-    "build_examples",
-    "finetune",
-    "last_checkpoint",
-    "sample_users",
-]
+_HOMES = {
+    "InTrainingBackend": "backend",
+    "FinetuneConfig": "config",
+    "RankingEvaluator": "evaluation",
+    "COLUMNS": "examples",
+    "build_examples": "examples",
+    "sample_users": "examples",
+    "finetune": "trainer",
+    "last_checkpoint": "trainer",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'llmrec.finetune' has no attribute {name!r}")
+    return getattr(import_module(f"llmrec.finetune.{_HOMES[name]}"), name)

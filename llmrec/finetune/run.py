@@ -20,8 +20,8 @@ from llmrec.data.split import LeaveOneOutSplit
 from llmrec.finetune.config import FinetuneConfig
 from llmrec.finetune.evaluation import RankingEvaluator
 from llmrec.finetune.examples import build_examples, sample_users
-from llmrec.finetune.trainer import finetune, load_tokenizer
-from llmrec.llm.models import resolve_model
+from llmrec.finetune.trainer import finetune
+from llmrec.llm.models import load_tokenizer, resolve_model
 from llmrec.llm.prompting import PromptRenderer, PromptTemplate
 from llmrec.pipeline import build_retriever, prepare_data
 

@@ -6,43 +6,30 @@
 ``save_steps`` (``resume=True`` continues from the last complete one) and, with an
 ``eval_fn``, validation NDCG@10 every ``eval_steps`` through the real reranker path,
 keeping the best checkpoint and stopping early -> write ``adapter/`` atomically and
-``manifest.json`` (-> ``merged/`` when asked).
-
-Script use (what the kill-and-resume test runs)::
-
-    python -m llmrec.finetune.trainer --config run.yaml --train-data examples_dir [--resume]
-
-where ``examples_dir`` holds :func:`~llmrec.finetune.examples.build_examples`' dataset
-saved with ``Dataset.save_to_disk``.
+``manifest.json`` (-> ``merged/`` when asked). The model is prepared by
+:mod:`~llmrec.finetune.model`, the run folder's outputs are :mod:`~llmrec.finetune.artifacts`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import platform
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from datasets import Dataset
 
-from llmrec import __version__
 from llmrec.errors import ConfigError, LlmrecError
+from llmrec.finetune.artifacts import describe_data, merge_adapter, training_metrics, write_manifest
 from llmrec.finetune.backend import InTrainingBackend
 from llmrec.finetune.config import METRIC, FinetuneConfig
+from llmrec.finetune.model import attach_adapter, load_base_model
+from llmrec.io import atomic_dir
 from llmrec.llm.backend import ScoringBackend, label_token_ids
-from llmrec.llm.models import resolve_model
+from llmrec.llm.models import load_tokenizer, pick_device, resolve_dtype, resolve_model
 from llmrec.llm.prompting import PromptTemplate
-from llmrec.llm.transformers_backend import load_causal_lm, pick_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -53,76 +40,8 @@ EvalFn = Callable[[ScoringBackend], dict[str, float]]
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MERGED = "merged"
-MANIFEST = "manifest.json"
 
-__all__ = ["FinetuneConfig", "finetune", "last_checkpoint", "tokenize_examples", "main"]
-
-
-# --- model -----------------------------------------------------------------------------------
-
-
-def disable_cpu_weight_repacking(model: Any) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for CPU inference (returns the count).
-
-    On CPUs with AVX512-BF16 an eval-mode forward repacks the weights in place, after which
-    training fails or silently gets no gradients (see ENVIRONMENT.md). Must run before any
-    inference in a process that trains.
-    """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return 0
-    n = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-            n += 1
-    return n
-
-
-def load_base_model(config: FinetuneConfig, path: str, device: str, dtype: Any) -> Any:
-    """The base model, quantized as configured and prepared for k-bit training."""
-    model = load_causal_lm(path, config.quantization, device, dtype)
-    disable_cpu_weight_repacking(model)
-    model.config.use_cache = False
-    if config.quantization != "none":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
-        )
-    elif config.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
-
-
-def attach_adapter(model: Any, config: FinetuneConfig, device: str) -> Any:
-    """A fresh LoRA (initialized from ``config.seed``) or ``config.from_adapter``, trainable."""
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if config.from_adapter:
-        return PeftModel.from_pretrained(model, config.from_adapter, is_trainable=True)
-    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):  # seed the LoRA init without touching global state
-        torch.manual_seed(config.seed)
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
-
-
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+__all__ = ["FinetuneConfig", "finetune", "last_checkpoint", "tokenize_examples"]
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -259,127 +178,6 @@ def _brief(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
 
 
-# --- outputs ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` by rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old.{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"llmrec": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def describe_data(dataset: Dataset, tokenized: Dataset, config: FinetuneConfig) -> dict[str, Any]:
-    """What the adapter was trained on, for the manifest."""
-    lengths = np.array([len(x) for batch in tokenized.iter(batch_size=1024) for x in batch["input_ids"]])
-    info: dict[str, Any] = {
-        "description": config.dataset,
-        "domain": config.domain,
-        "examples": len(dataset),
-        "n_candidates": config.n_candidates,
-        "windows": config.windows,
-        "hard_fraction": config.hard_fraction,
-        "candidate_order": config.candidate_order,
-        "train_users": config.train_users,
-        "retriever": config.retriever,
-        "max_prompt_tokens": config.max_prompt_tokens,
-        "tokens_per_example": {"mean": float(lengths.mean()), "max": int(lengths.max())}
-        if len(lengths)
-        else {},
-    }
-    if "user" in dataset.column_names:
-        info["users"] = len(set(dataset["user"]))
-    if "completion" in dataset.column_names:
-        counts: dict[str, int] = {}
-        for label in dataset["completion"]:
-            counts[label] = counts.get(label, 0) + 1
-        info["label_counts"] = dict(sorted(counts.items()))
-    return info
-
-
-def _training_metrics(trainer: Any, output: Any, start_step: int, start_tokens: int) -> dict[str, Any]:
-    state = trainer.state
-    losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
-    evals = [
-        {k.removeprefix("eval_"): v for k, v in h.items() if k.startswith("eval_") or k == "step"}
-        for h in state.log_history
-        if f"eval_{METRIC}" in h
-    ]
-    runtime = float(output.metrics.get("train_runtime", 0.0))
-    train_only = max(runtime - trainer.eval_seconds, 1e-9)
-    steps = state.global_step - start_step
-    tokens = int(state.num_input_tokens_seen) - start_tokens
-    return {
-        "global_step": state.global_step,
-        "steps_this_session": steps,
-        "train_loss": output.metrics.get("train_loss"),
-        "loss_history": losses,
-        "eval_history": evals,
-        f"best_{METRIC}": state.best_metric,
-        "best_step": state.best_global_step,
-        "best_checkpoint": state.best_model_checkpoint,
-        "tokens_seen": int(state.num_input_tokens_seen),
-        "seconds_per_step": round(train_only / steps, 3) if steps else None,
-        "tokens_per_second": round(tokens / train_only, 1) if steps else None,
-        "eval_seconds": round(trainer.eval_seconds, 2),
-    }
-
-
-def merge_adapter(model_path: str, adapter_dir: Path, target: Path) -> Path:
-    """Save base + adapter merged into a plain model folder.
-
-    The unquantized base is merged in float32 and saved in the base checkpoint's own dtype
-    (e.g. bf16), ready for ``from_pretrained`` or vLLM without peft.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    saved_dtype = getattr(AutoConfig.from_pretrained(model_path), "dtype", None) or torch.float32
-    if isinstance(saved_dtype, str):
-        saved_dtype = getattr(torch, saved_dtype)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().to(saved_dtype)
-    with atomic_dir(target) as tmp:
-        merged.save_pretrained(tmp)
-        load_tokenizer(model_path).save_pretrained(tmp)
-    return target
-
-
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -452,42 +250,33 @@ def _finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | 
         ranking_eval=eval_fn if evaluate else None,
         scoring_tokenizer=tokenizer,
         label_logits_only=config.label_logits_only,
-        eval_batch_size=config.eval_batch_size,
+        eval_batch_size=config.batch_size,
     )
     start_step, start_tokens = _resume_point(resume_from)
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics = _training_metrics(trainer, output, start_step, start_tokens)
+    metrics = training_metrics(trainer, output, start_step, start_tokens)
 
     adapter_dir = out / ADAPTER
-    with atomic_dir(adapter_dir) as tmp:
+    with atomic_dir(adapter_dir, marker="adapter_config.json") as tmp:
         trainer.model.save_pretrained(tmp)
     final_eval = None
     if eval_fn is not None and not (evaluate and trainer.state.best_metric is not None):
-        final_eval = eval_fn(
-            InTrainingBackend(trainer.model, tokenizer, config.model, config.eval_batch_size)
-        )
+        final_eval = eval_fn(InTrainingBackend(trainer.model, tokenizer, config.model, config.batch_size))
         metrics[f"best_{METRIC}"] = final_eval.get(METRIC)
     metrics["final_eval"] = final_eval
     train_seconds = time.perf_counter() - started
-    manifest = {
-        "kind": "llmrec-adapter",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base_model": config.model,
-        "base_model_path": model_path,
-        "template": template.name,
-        "template_path": template.path,
-        "labels": template.labels,
-        "quantization": config.quantization,
-        "device": device,
-        "dtype": dtype_name,
-        "data": describe_data(train_dataset, tokenized, config),
-        "config": config.to_dict(),
-        "metrics": metrics,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "train_seconds": round(train_seconds, 2),
-        "versions": library_versions(),
-    }
-    write_json_atomic(out / MANIFEST, manifest)
+    write_manifest(
+        out,
+        config,
+        template,
+        base_model_path=model_path,
+        device=device,
+        dtype=dtype_name,
+        data=describe_data(train_dataset, tokenized, config),
+        metrics=metrics,
+        resumed_from=resume_from,
+        train_seconds=train_seconds,
+    )
     if config.merge:
         merge_adapter(model_path, adapter_dir, out / MERGED)
     logger.info(
@@ -506,27 +295,3 @@ def _resume_point(checkpoint: Path | None) -> tuple[int, int]:
         return 0, 0
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     return int(state.get("global_step", 0)), int(state.get("num_input_tokens_seen", 0))
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """Script entry: ``python -m llmrec.finetune.trainer --config C --train-data D [--resume]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m llmrec.finetune.trainer", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--config", required=True, help="FinetuneConfig as YAML or JSON")
-    parser.add_argument(
-        "--train-data", required=True, help="folder of a Dataset.save_to_disk of build_examples"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = FinetuneConfig.from_yaml(ns.config)
-    if ns.resume:
-        config.resume = True
-    adapter = finetune(config, Dataset.load_from_disk(ns.train_data))
-    print(adapter)
-    return adapter
-
-
-if __name__ == "__main__":
-    main()

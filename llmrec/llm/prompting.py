@@ -18,6 +18,7 @@ The body renders the user message from ``history`` (titles, oldest first),
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 from collections.abc import Sequence
@@ -36,15 +37,19 @@ PLAIN_RESPONSE = "\n\n### Response:\n"
 
 
 def prompts_dir() -> Path:
-    """Folder of the bundled templates (``$LLMREC_PROMPTS`` overrides)."""
+    """Folder of the bundled templates: ``$LLMREC_PROMPTS``, else the checkout's ``prompts/``,
+    else the installed package ``llmrec.prompts`` (the same files, shipped in the wheel)."""
     env = os.environ.get("LLMREC_PROMPTS")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "prompts", here.parents[1] / "prompts"):
-        if candidate.is_dir():
-            return candidate
-    raise LlmrecError("cannot find the prompts/ folder; set LLMREC_PROMPTS to it")
+    # A checkout first: run from it (PYTHONPATH), its own templates, not an installed copy's.
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "prompts").is_dir():
+        return checkout / "prompts"
+    try:
+        return Path(str(importlib.resources.files("llmrec.prompts")))
+    except ModuleNotFoundError:
+        raise LlmrecError("cannot find the templates (llmrec.prompts); set LLMREC_PROMPTS") from None
 
 
 @dataclass

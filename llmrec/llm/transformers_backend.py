@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from llmrec.errors import ConfigError
-from llmrec.llm.models import resolve_model
+from llmrec.llm.models import load_causal_lm, pick_device, resolve_dtype, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,70 +39,6 @@ class TransformersConfig:
             raise ConfigError("must be none, 4bit or 8bit", parameter="quantization", value=self.quantization)
         if self.batch_size < 1:
             raise ConfigError("must be >= 1", parameter="batch_size", value=self.batch_size)
-
-
-def bnb_config(quantization: str, compute_dtype: Any) -> Any:
-    """BitsAndBytesConfig for '4bit' (NF4, double quant) or '8bit'; None for 'none'."""
-    if quantization == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """The concrete torch dtype name for ``dtype`` ('auto' picks per device)."""
-    if dtype != "auto":
-        return dtype
-    if device.startswith("cuda"):
-        return "bfloat16"
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
-
-
-def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; a CUDA device without CUDA is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("CUDA is not available on this machine", parameter="device", value=device)
-    return device
-
-
-def load_causal_lm(path: str, quantization: str, device: str, dtype: Any) -> Any:
-    """A causal LM on ``device``: plain, or bitsandbytes-quantized ('4bit' / '8bit')."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    quant = bnb_config(quantization, dtype)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = "cpu" if device == "cpu" else {"": device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quant is None:
-        model.to(device)
-    return model
 
 
 class CausalLMScorer:

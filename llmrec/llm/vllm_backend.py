@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.llm.models import resolve_model
+from llmrec.llm.models import resolve_dtype, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,6 @@ class VLLMBackend:
         self.config = config = config or VLLMConfig()
         vllm = import_vllm()
         import torch
-
-        from llmrec.llm.transformers_backend import resolve_dtype
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":

@@ -1,0 +1,1 @@
+"""Prompt templates; a package so that they ship inside the wheel (as ``llmrec.prompts``)."""
