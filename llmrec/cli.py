@@ -75,7 +75,11 @@ def config_options(cls: type[Settings], only: Sequence[str] = (), positional: Se
 
     def decorate(func: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):  # type: ignore[arg-type]
-            if (only and f.name not in only) or typing.get_origin(hints[f.name]) is dict:
+            yaml_only = typing.get_origin(hints[f.name]) is dict and typing.get_args(hints[f.name]) != (
+                str,
+                str,
+            )
+            if (only and f.name not in only) or yaml_only:
                 continue
             if f.name in positional:
                 func = click.argument(f.name, required=False, metavar=f"[{f.name.upper()}]")(func)
@@ -134,7 +138,7 @@ def app() -> None:
 
 
 @app.command()
-@config_options(DataConfig, only=("dataset", "k_core", "min_rating"))
+@config_options(DataConfig, only=("dataset", "format", "columns", "k_core", "min_rating"))
 @click.option(
     "--save", type=click.Path(file_okay=False, path_type=Path), help="Write the cleaned tables here."
 )
@@ -143,13 +147,13 @@ def app() -> None:
 @click.pass_context
 def data(ctx, config_file, save, as_json, verbose, **values) -> None:
     """Load and clean a dataset and print its statistics, before and after cleaning."""
-    from llmrec.data import load_dataset
-    from llmrec.pipeline import prepare_data
+    from llmrec.data import CleaningConfig, clean
+    from llmrec.pipeline import load_data
 
     _setup_logging(verbose)
     cfg = build(DataConfig, ctx, config_file, values)
-    raw = run(lambda: load_dataset(cfg.dataset))
-    cleaned = run(lambda: prepare_data(cfg))
+    raw = run(lambda: load_data(cfg))
+    cleaned = run(lambda: clean(raw, CleaningConfig(k_core=cfg.k_core, min_rating=cfg.min_rating)))
     out = {"raw": raw.stats(), "cleaned": cleaned.stats(), "log": cleaned.log}
     if save is not None:
         run(lambda: cleaned.save(save))
@@ -200,7 +204,15 @@ def _retriever_and_history(cfg: Any, user: str | None, history: str | None, need
             )
         hist = History(items=seqs[pos[user]])
     elif history is not None:
-        hist = History.from_titles([t.strip() for t in history.split(";") if t.strip()], retriever.catalog)
+        titles = [t.strip() for t in history.split(";") if t.strip()]
+        hist = History.from_titles(titles, retriever.catalog)
+        unmatched = [t.strip() for t in hist.text.split(";") if t.strip()]
+        if unmatched:
+            click.echo(
+                f"note: {len(unmatched)} of {len(titles)} titles not in the catalog (used as text): "
+                + "; ".join(unmatched),
+                err=True,
+            )
     return retriever, hist
 
 
@@ -313,12 +325,13 @@ def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> No
 def evaluate(ctx, config_file, out, verbose, **values) -> None:
     """Leave-one-out evaluation of the generators (and the LLM stage) against all items."""
     from llmrec.evaluation.experiment import run_evaluation
-    from llmrec.evaluation.report import markdown_report, write_report
+    from llmrec.evaluation.report import check_writable, markdown_report, write_report
 
     _setup_logging(verbose)
     cfg = build(EvalConfig, ctx, config_file, values)
+    run(lambda: check_writable(out))
     report = run(lambda: run_evaluation(cfg))
-    paths = write_report(report, out)
+    paths = run(lambda: write_report(report, out))
     click.echo(markdown_report(report))
     click.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
@@ -381,11 +394,36 @@ def serve_model(model, lora, host, port, max_model_len, dtype, verbose) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: expected errors exit 2 with one message (see :func:`run`); anything
+    else is a bug, reported with the path of its full traceback."""
     # implicit (ALS) warns and slows down when OpenBLAS runs its own threads beside it; set
     # before numpy loads, for this process only (the library itself sets no environment).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except click.ClickException as err:
+        err.show()
+        code = err.exit_code
+    except click.exceptions.Exit as err:
+        code = err.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        code = 130
+    except Exception:  # noqa: BLE001 - the last line of defence: say it is a bug, keep the trace
+        import tempfile
+        import traceback
+
+        fd, log = tempfile.mkstemp(prefix="llmrec-error-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            traceback.print_exc(file=handle)
+        click.secho(
+            f"internal error (a bug in llmrec, please report it): {traceback.format_exc(limit=0).strip()}",
+            fg="red",
+            err=True,
+        )
+        click.echo(f"full traceback: {log}", err=True)
+        code = 1
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

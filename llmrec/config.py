@@ -79,6 +79,15 @@ class DataConfig(Settings):
         "Dataset folder (MovieLens, Amazon-2023 JSONL, RecBole, CSV/Parquet, `llmrec data --save`) "
         "or 'ml-latest-small' (embedded).",
     )
+    format: str | None = setting(
+        None,
+        "Dataset format (default: detected): llmrec, movielens, ml-100k, ml-1m, amazon2023, recbole, tables.",
+    )
+    columns: dict[str, str] = setting(
+        {},
+        "Generic tables: which columns hold the fields, e.g. user=reviewerID,item=asin,time=unixReviewTime "
+        "(fields: user, item, time, rating, domain, item_id, title, item_domain).",
+    )
     k_core: int = setting(5, "Iterative k-core on users and items (0 = off).")
     min_rating: float | None = setting(None, "Keep interactions with rating >= this.")
     source: str | None = setting(None, "Cross-domain: the source domain (cold-start users' history).")
@@ -91,6 +100,10 @@ class DataConfig(Settings):
             raise ConfigError("must be >= 0 (0 = off)", parameter="k_core", value=self.k_core)
         if not 0.0 <= self.cold_fraction < 1.0:
             raise ConfigError("must be in [0, 1)", parameter="cold_fraction", value=self.cold_fraction)
+        if self.source is not None and self.source == self.target:
+            raise ConfigError(
+                "source and target must be different domains", parameter="target", value=self.target
+            )
 
 
 @dataclass(kw_only=True)
@@ -206,6 +219,11 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
             raise ConfigError("must be a list (or comma-separated)", parameter=name, value=value)
         return [coerce(x, args[0] if args else Any, name) for x in items]
     if origin is dict or hint is dict:
+        if isinstance(value, str):  # the CLI form: key=value,key=value
+            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+            if any(not k.strip() or not sep for k, sep, _ in pairs):
+                raise ConfigError("must be key=value pairs, comma-separated", parameter=name, value=value)
+            value = {k.strip(): v.strip() for k, _, v in pairs}
         if not isinstance(value, dict):
             raise ConfigError("must be a mapping", parameter=name, value=value)
         return value

@@ -36,7 +36,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
 @contextmanager
@@ -82,7 +82,8 @@ def atomic_dir(
         raise
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` default: numpy values and paths as plain JSON."""
     # numpy scalars and arrays show up in metrics; keep JSON plain.
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -11,6 +11,7 @@ The ``build_*`` functions assemble the stages from the typed configs of :mod:`ll
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ import numpy as np
 
 from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData
 from llmrec.data.catalog import History, ItemCatalog
+from llmrec.errors import ConfigError
 
 if TYPE_CHECKING:
     from llmrec.config import DataConfig, ModelConfig, RetrieverConfig
@@ -202,13 +204,29 @@ class Recommender:
 # --- building the stages from configs -------------------------------------------------------
 
 
+def load_data(config: DataConfig) -> RecDataset:
+    """Load ``config.dataset`` as it is (its ``format``; generic tables with ``columns``)."""
+    from llmrec.data import load_dataset
+    from llmrec.data.formats.tables import ColumnMapping
+
+    if not config.columns:
+        return load_dataset(config.dataset, config.format)
+    fields = {f.name for f in dataclasses.fields(ColumnMapping)} - {"text"}
+    unknown = sorted(set(config.columns) - fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {unknown}; valid: {', '.join(sorted(fields))}",
+            parameter="columns",
+            value=config.columns,
+        )
+    return load_dataset(config.dataset, config.format or "tables", mapping=ColumnMapping(**config.columns))
+
+
 def prepare_data(config: DataConfig) -> RecDataset:
     """Load and clean ``config.dataset`` (k-core, minimum rating): every stage starts here."""
-    from llmrec.data import CleaningConfig, clean, load_dataset
+    from llmrec.data import CleaningConfig, clean
 
-    return clean(
-        load_dataset(config.dataset), CleaningConfig(k_core=config.k_core, min_rating=config.min_rating)
-    )
+    return clean(load_data(config), CleaningConfig(k_core=config.k_core, min_rating=config.min_rating))
 
 
 def build_retriever(

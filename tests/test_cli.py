@@ -1,6 +1,7 @@
 """The llmrec command line on real data, through click's runner."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -104,6 +105,12 @@ def test_recommend_without_llm_from_a_saved_retriever(ml_small_dir, tmp_path):
         (["evaluate", "ml-latest-small", "--stage", "train"], "--stage"),
         (["recommend", "ml-latest-small", "--user", "1", "--n", "0"], "n=0"),
         (["finetune", "--lora-r", "0"], "lora_r"),
+        (["evaluate", "ml-latest-small", "--out", "/dev/null/x"], "/dev/null/x"),
+        (["evaluate", "ml-latest-small", "--source", "office", "--target", "office"], "target"),
+        (["evaluate", "ml-latest-small", "--shuffles", "abc"], "shuffles"),
+        (["evaluate", "ml-latest-small", "--cold-fraction", "5"], "cold_fraction"),
+        (["evaluate", "ml-latest-small", "--ks", "0,10"], "ks"),
+        (["data", "ml-latest-small", "--columns", "user=u,colour=c"], "colour"),
         (["finetune", "--learning-rate", "fast"], "--learning-rate"),
         (["candidates", "ml-latest-small", "--user", "1", "--retriever", "nope"], "nope"),
     ],
@@ -112,3 +119,27 @@ def test_bad_settings_exit_2_naming_the_setting(args, named):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert named in result.output and "Traceback" not in result.output
+
+
+def test_unmatched_typed_titles_are_reported():
+    result = runner.invoke(
+        app, ["candidates", "--history", "Toy Story (1995); A Film Nobody Made (2031)", "--retriever", "bm25"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 titles not in the catalog" in result.stderr and "A Film Nobody Made" in result.stderr
+
+
+def test_an_unexpected_error_is_called_a_bug_with_its_traceback_kept(monkeypatch, capsys):
+    import llmrec.cli
+
+    def broken(**_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(llmrec.cli, "app", broken)
+    with pytest.raises(SystemExit) as stop:
+        llmrec.cli.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "a bug in llmrec" in err and "RuntimeError: boom" in err
+    log = err.split("full traceback: ")[1].strip()
+    assert "Traceback" in Path(log).read_text()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.errors import ConfigError
+from llmrec.io import atomic_dir, jsonable
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -108,23 +109,34 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(f"{report['dataset']['name']}: {group} users ({body['users']})")
         ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
-    """Write ``stem.json``, ``stem.md`` and ``stem.png`` into ``out_dir`` (each atomically)."""
+def check_writable(out_dir: str | Path) -> Path:
+    """Fail now, not after the run, when the report folder cannot be created or written."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": atomic_write_json(out / f"{stem}.json", report),
-        "markdown": atomic_write_text(out / f"{stem}.md", markdown_report(report)),
-    }
-    png = plot_report(report, out / f"{stem}.png")
-    if png is not None:
-        paths["plot"] = png
-    return paths
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot create or write here ({parent} is not a writable folder)",
+            parameter="out",
+            value=str(out),
+        )
+    return out
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
+    """Write ``stem.json``, ``stem.md`` and ``stem.png`` as one folder, atomically: a killed run
+    leaves the previous report whole, never a new JSON beside an older plot."""
+    out = Path(out_dir)
+    names = {"json": f"{stem}.json", "markdown": f"{stem}.md"}
+    with atomic_dir(out, marker=names["json"]) as tmp:
+        (tmp / names["json"]).write_text(
+            json.dumps(report, indent=2, default=jsonable) + "\n", encoding="utf-8"
+        )
+        (tmp / names["markdown"]).write_text(markdown_report(report), encoding="utf-8")
+        if plot_report(report, tmp / f"{stem}.png") is not None:
+            names["plot"] = f"{stem}.png"
+    return {kind: out / name for kind, name in names.items()}
