@@ -1,0 +1,135 @@
+"""Hostile inputs: hand-broken copies of real files give one clear error before any work starts.
+
+Each test writes a few real rows (the embedded ml-latest-small, or Amazon-style JSON
+Lines) to ``tmp_path``, breaks them the way a download or a user does, and checks that
+loading raises :class:`~llmrec.errors.DataError` naming the file and the field, and
+(for some) that ``llmrec data`` exits with code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmrec.cli import app
+from llmrec.data import load_dataset
+from llmrec.data.loaders import EMBEDDED
+from llmrec.errors import DataError
+
+ML_SMALL = EMBEDDED["ml-latest-small"]
+N_ROWS = 300
+
+
+def _ratings_lines() -> list[str]:
+    """Header + the first ``N_ROWS`` rows of the embedded ratings.csv."""
+    return (ML_SMALL / "ratings.csv").read_text(encoding="utf-8").splitlines()[: N_ROWS + 1]
+
+
+def _movielens(folder: Path, lines: list[str]) -> Path:
+    """A MovieLens CSV folder: ``lines`` as ratings.csv beside the real movies.csv."""
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "movies.csv").write_bytes((ML_SMALL / "movies.csv").read_bytes())
+    return folder
+
+
+def _tables(folder: Path, interactions: bytes, name: str = "interactions.csv.gz") -> Path:
+    """A generic tables folder: ``interactions`` (raw bytes) as ``name`` + the real movies as items.csv."""
+    folder.mkdir()
+    (folder / name).write_bytes(interactions)
+    movies = (ML_SMALL / "movies.csv").read_text(encoding="utf-8").replace("movieId", "item_id", 1)
+    (folder / "items.csv").write_text(movies, encoding="utf-8")
+    return folder
+
+
+def _interactions_csv() -> bytes:
+    lines = _ratings_lines()
+    return ("user_id,item_id,rating,timestamp\n" + "\n".join(lines[1:]) + "\n").encode()
+
+
+def _cli_data(folder: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["data", str(folder)])
+    return result.exit_code, result.output
+
+
+def _raises(folder: Path, *fragments: str) -> DataError:
+    with pytest.raises(DataError) as caught:
+        load_dataset(folder)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return caught.value
+
+
+# --------------------------------------------------------------------------- compressed files
+
+
+def test_truncated_csv_gz(tmp_path: Path) -> None:
+    packed = gzip.compress(_interactions_csv())
+    folder = _tables(tmp_path / "trunc", packed[: len(packed) // 2])
+    _raises(folder, "truncated or corrupt gzip", "interactions.csv.gz", "re-download")
+    code, output = _cli_data(folder)
+    assert code == 2 and "truncated or corrupt gzip" in output and "Traceback" not in output
+
+
+def test_corrupt_csv_gz(tmp_path: Path) -> None:
+    packed = bytearray(gzip.compress(_interactions_csv()))
+    packed[200:230] = bytes(30)
+    folder = _tables(tmp_path / "corrupt", bytes(packed))
+    _raises(folder, "truncated or corrupt gzip", "interactions.csv.gz")
+
+
+def test_plain_text_named_gz(tmp_path: Path) -> None:
+    folder = _tables(tmp_path / "plain", _interactions_csv())
+    _raises(folder, "not gzip-compressed", "interactions.csv.gz", "rename it to interactions.csv")
+    code, output = _cli_data(folder)
+    assert code == 2 and "rename it to interactions.csv" in output and "Traceback" not in output
+
+
+def test_gzip_named_csv(tmp_path: Path) -> None:
+    folder = _tables(tmp_path / "gz", gzip.compress(_interactions_csv()), name="interactions.csv")
+    _raises(folder, "gzip-compressed", "rename it to interactions.csv.gz")
+
+
+def _amazon(folder: Path, reviews: bytes) -> Path:
+    folder.mkdir()
+    (folder / "Office_Products.jsonl.gz").write_bytes(reviews)
+    meta = [{"parent_asin": f"B0{i:08d}", "title": f"Pen {i}", "store": "Acme"} for i in range(20)]
+    (folder / "meta_Office_Products.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps(m) + "\n" for m in meta).encode())
+    )
+    return folder
+
+
+def _reviews(n: int = 200) -> bytes:
+    rows = [
+        {
+            "rating": float(1 + i % 5),
+            "title": "Works",
+            "text": "Writes well.",
+            "parent_asin": f"B0{i % 20:08d}",
+            "user_id": f"AE{i % 17:06d}",
+            "timestamp": 1588687728923 + 1000 * i,
+            "helpful_vote": 0,
+            "verified_purchase": True,
+        }
+        for i in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_truncated_jsonl_gz(tmp_path: Path) -> None:
+    packed = gzip.compress(_reviews())
+    folder = _amazon(tmp_path / "amazon", packed[: len(packed) - 40])
+    _raises(folder, "truncated or corrupt gzip", "Office_Products.jsonl.gz")
+    code, output = _cli_data(folder)
+    assert code == 2 and "Office_Products.jsonl.gz" in output and "Traceback" not in output
+
+
+def test_plain_jsonl_named_gz(tmp_path: Path) -> None:
+    folder = _amazon(tmp_path / "amazon", _reviews())
+    _raises(folder, "not gzip-compressed", "rename it to Office_Products.jsonl")
