@@ -133,3 +133,45 @@ def test_truncated_jsonl_gz(tmp_path: Path) -> None:
 def test_plain_jsonl_named_gz(tmp_path: Path) -> None:
     folder = _amazon(tmp_path / "amazon", _reviews())
     _raises(folder, "not gzip-compressed", "rename it to Office_Products.jsonl")
+
+
+# --------------------------------------------------------------------------- ratings
+
+
+def _swap_rating_and_timestamp(lines: list[str]) -> list[str]:
+    """Data rows with the rating and timestamp columns swapped (the header kept)."""
+    rows = [line.split(",") for line in lines[1:]]
+    return [lines[0], *(",".join([u, m, t, r]) for u, m, r, t in rows)]
+
+
+def test_timestamp_read_as_rating(tmp_path: Path) -> None:
+    folder = _movielens(tmp_path / "swapped", _swap_rating_and_timestamp(_ratings_lines()))
+    err = _raises(folder, "plausible range", "ratings.csv", "column order/mapping")
+    assert err.column == "rating" and float(err.value) > 1e8
+    code, output = _cli_data(folder)
+    assert code == 2 and "'rating'" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "-1", "101", "nan"])
+def test_implausible_rating(tmp_path: Path, value: str) -> None:
+    lines = _ratings_lines()
+    user, movie, _, stamp = lines[5].split(",")
+    lines[5] = ",".join([user, movie, value, stamp])
+    err = _raises(_movielens(tmp_path / "bad", lines), "ratings.csv", "line 6")
+    assert err.column == "rating" and err.value == value
+
+
+def test_amazon_rating_out_of_range(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in _reviews().decode().splitlines()]
+    rows[3]["rating"], rows[3]["timestamp"] = rows[3]["timestamp"], 5.0
+    reviews = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    err = _raises(_amazon(tmp_path / "amazon", reviews), "Office_Products.jsonl.gz", "plausible range")
+    assert err.column == "rating"
+
+
+def test_missing_rating_is_allowed(tmp_path: Path) -> None:
+    lines = _ratings_lines()
+    user, movie, _, stamp = lines[5].split(",")
+    lines[5] = ",".join([user, movie, "", stamp])
+    data = load_dataset(_movielens(tmp_path / "blank", lines))
+    assert len(data.interactions) == N_ROWS
