@@ -12,13 +12,15 @@ import gzip
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from llmrec.cli import app
 from llmrec.data import load_dataset
 from llmrec.data.loaders import EMBEDDED
-from llmrec.errors import DataError
+from llmrec.data.split import leave_one_out
+from llmrec.errors import ConfigError, DataError
 
 ML_SMALL = EMBEDDED["ml-latest-small"]
 N_ROWS = 300
@@ -175,3 +177,57 @@ def test_missing_rating_is_allowed(tmp_path: Path) -> None:
     lines[5] = ",".join([user, movie, "", stamp])
     data = load_dataset(_movielens(tmp_path / "blank", lines))
     assert len(data.interactions) == N_ROWS
+
+
+# --------------------------------------------------------------------------- split order
+
+
+def _ml100k(folder: Path, n_users: int = 40) -> pd.DataFrame:
+    """An ml-100k folder (``u.data`` tab-separated, ``u.item`` pipe-separated latin-1) from real rows.
+
+    The last two ratings of user 1 share a second and ids of different digit counts
+    (99 and 1009, as in ml-100k); returns the ratings written, as numbers.
+    """
+    folder.mkdir()
+    ratings = pd.read_csv(ML_SMALL / "ratings.csv")
+    ratings = ratings[ratings["userId"] <= n_users].copy()
+    ratings["timestamp"] = ratings["timestamp"].astype("int64")
+    last = int(ratings["timestamp"].max()) + 1
+    tie = pd.DataFrame(
+        {"userId": [1, 1], "movieId": [1009, 99], "rating": [4.0, 3.0], "timestamp": [last] * 2}
+    )
+    ratings = pd.concat([ratings[~ratings["movieId"].isin([99, 1009])], tie], ignore_index=True)
+    movies = pd.read_csv(ML_SMALL / "movies.csv")
+    movies = movies[movies["movieId"].isin(set(ratings["movieId"]) | {99, 1009})]
+    rows = [f"{u}\t{m}\t{int(r)}\t{t}" for u, m, r, t in ratings.itertuples(index=False)]
+    (folder / "u.data").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    flags = "|".join(["0"] * 18 + ["1"])
+    items = [
+        f"{m}|{t.encode('latin-1', 'replace').decode('latin-1')}|01-Jan-1995||http://us.imdb.com/|{flags}"
+        for m, t in zip(movies["movieId"], movies["title"], strict=True)
+    ]
+    (folder / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
+    return ratings
+
+
+def test_ml100k_ties_break_by_numeric_item_id(tmp_path: Path) -> None:
+    ratings = _ml100k(tmp_path / "ml-100k")
+    split = leave_one_out(load_dataset(tmp_path / "ml-100k"))
+    expected = ratings.sort_values(["userId", "timestamp", "movieId"], kind="stable").groupby("userId")
+    ids = split.catalog.item_ids
+    by_user = dict(zip(split.user_ids.tolist(), range(split.n_users), strict=True))
+    for user, rows in expected:
+        u = by_user[str(user)]
+        assert ids[split.test[u]] == str(rows["movieId"].iloc[-1])
+        assert ids[split.valid[u]] == str(rows["movieId"].iloc[-2])
+    assert ids[split.test[by_user["1"]]] == "1009"
+    text = leave_one_out(load_dataset(tmp_path / "ml-100k"), order="time+text")
+    assert ids[text.test[by_user["1"]]] == "99"
+    in_file = leave_one_out(load_dataset(tmp_path / "ml-100k"), order="file")
+    assert ids[in_file.test[by_user["1"]]] == "99"  # written after 1009
+
+
+def test_unknown_split_order(tmp_path: Path) -> None:
+    _ml100k(tmp_path / "ml-100k", n_users=3)
+    with pytest.raises(ConfigError, match="order"):
+        leave_one_out(load_dataset(tmp_path / "ml-100k"), order="id")  # type: ignore[arg-type]
