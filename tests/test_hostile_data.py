@@ -231,3 +231,94 @@ def test_unknown_split_order(tmp_path: Path) -> None:
     _ml100k(tmp_path / "ml-100k", n_users=3)
     with pytest.raises(ConfigError, match="order"):
         leave_one_out(load_dataset(tmp_path / "ml-100k"), order="id")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- RecBole benchmark folders
+
+
+def _sequences(n_users: int = 8) -> dict[str, list[str]]:
+    """Real per-user item sequences (ml-latest-small, time order), as RecBole tokens."""
+    ratings = pd.read_csv(ML_SMALL / "ratings.csv", dtype=str)
+    ratings = ratings[ratings["userId"].astype(int) <= n_users]
+    ratings = ratings.sort_values(["userId", "timestamp"], key=lambda c: c.astype(int), kind="stable")
+    return {u: rows["movieId"].tolist()[:30] for u, rows in ratings.groupby("userId", sort=False)}
+
+
+def _write_atomic(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    lines = ["\t".join(header), *("\t".join(r) for r in rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _benchmark(folder: Path, seqs: dict[str, list[str]], sequential: bool = True) -> Path:
+    """A RecBole benchmark folder: NAME.{train,valid,test}.inter (leave-one-out) + NAME.item.
+
+    ``sequential``: rows ``session_id item_id_list item_id`` with augmented train
+    prefixes (as RecBole's sequential benchmarks); else ``user_id item_id`` rows.
+    """
+    folder.mkdir()
+    name = folder.name
+    for part, end in (("train", -2), ("valid", -1), ("test", None)):
+        rows: list[list[str]] = []
+        for user, seq in seqs.items():
+            seq = seq[:end]
+            targets = range(1, len(seq)) if part == "train" else [len(seq) - 1]
+            for t in targets:
+                rows.append(
+                    [user, " ".join(seq[max(0, t - 10) : t]), seq[t]] if sequential else [user, seq[t]]
+                )
+        if not sequential and part == "train":
+            rows = [[user, seq[0]] for user, seq in seqs.items()] + rows
+        header = ["session_id:token", "item_id_list:token_seq", "item_id:token"]
+        _write_atomic(
+            folder / f"{name}.{part}.inter",
+            header if sequential else ["user_id:token", "item_id:token"],
+            rows,
+        )
+    movies = pd.read_csv(ML_SMALL / "movies.csv", dtype=str)
+    items = [[m, t, g.replace("|", " ")] for m, t, g in movies.itertuples(index=False)]
+    _write_atomic(
+        folder / f"{name}.item", ["item_id:token", "movie_title:token_seq", "genre:token_seq"], items
+    )
+    return folder
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_recbole_benchmark_split_is_reproduced(tmp_path: Path, sequential: bool) -> None:
+    seqs = _sequences()
+    data = load_dataset(_benchmark(tmp_path / "ml-bench", seqs, sequential))
+    assert data.order_by == "step" and len(data.interactions) == sum(len(s) for s in seqs.values())
+    split = leave_one_out(data)
+    ids = split.catalog.item_ids
+    for u, user in enumerate(split.user_ids.tolist()):
+        assert ids[split.test[u]] == seqs[user][-1] and ids[split.valid[u]] == seqs[user][-2]
+        assert ids[split.train[u]].tolist() == seqs[user][:-2]
+
+
+def test_recbole_ratio_split_is_refused(tmp_path: Path) -> None:
+    seqs = _sequences()
+    folder = _benchmark(tmp_path / "ml-bench", seqs, sequential=False)
+    test = folder / "ml-bench.test.inter"
+    user, first = next(iter(seqs.items()))
+    test.write_text(test.read_text() + f"{user}\t{first[0]}\n")
+    err = _raises(folder, "not a leave-one-out split", "ml-bench.test.inter", "ml-bench.inter")
+    assert err.column == "user_id" and err.value == user
+    code, output = _cli_data(folder)
+    assert code == 2 and "not a leave-one-out split" in output and "Traceback" not in output
+
+
+def test_recbole_incomplete_benchmark(tmp_path: Path) -> None:
+    folder = _benchmark(tmp_path / "ml-bench", _sequences())
+    (folder / "ml-bench.valid.inter").unlink()
+    _raises(folder, "ml-bench.train.inter", "ml-bench.test.inter", "NAME.valid.inter")
+
+
+def test_recbole_history_from_another_run(tmp_path: Path) -> None:
+    seqs = _sequences()
+    folder = _benchmark(tmp_path / "ml-bench", seqs)
+    test = folder / "ml-bench.test.inter"
+    lines = test.read_text().splitlines()
+    user, history, item = lines[1].split("\t")
+    lines[1] = "\t".join([user, history + " 1", item])
+    test.write_text("\n".join(lines) + "\n")
+    err = _raises(folder, "ml-bench.test.inter", "does not end with")
+    assert err.column == "item_id_list"
