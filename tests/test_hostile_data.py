@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from llmrec.cli import app
 from llmrec.data import load_dataset
 from llmrec.data.loaders import EMBEDDED
+from llmrec.data.schema import DATASET_META
 from llmrec.data.split import leave_one_out
 from llmrec.errors import ConfigError, DataError
 
@@ -322,3 +323,14 @@ def test_recbole_history_from_another_run(tmp_path: Path) -> None:
     test.write_text("\n".join(lines) + "\n")
     err = _raises(folder, "ml-bench.test.inter", "does not end with")
     assert err.column == "item_id_list"
+
+
+# --------------------------------------------------------------------------- saved datasets
+
+
+def test_damaged_saved_dataset(tmp_path: Path) -> None:
+    folder = load_dataset(_movielens(tmp_path / "ml", _ratings_lines())).save(tmp_path / "saved")
+    (folder / DATASET_META).write_text('{"name": "ml", "order_by"', encoding="utf-8")
+    _raises(folder, "cannot read the saved dataset", "saved", "--save")
+    code, output = _cli_data(folder)
+    assert code == 2 and "cannot read the saved dataset" in output and "Traceback" not in output
