@@ -15,8 +15,10 @@ from llmrec.candidates import (
     FusedGenerator,
     ItemKNNGenerator,
     MFGenerator,
+    PlainEASEGenerator,
     PopularityGenerator,
     TrainData,
+    load_generator,
     make_generator,
     tokenize,
 )
@@ -124,6 +126,7 @@ def _two_groups() -> tuple[TrainData, list[str]]:
 KNOWN_ANSWER = {
     "itemknn": lambda: ItemKNNGenerator(),
     "ease": lambda: EASEGenerator(l2=10.0),
+    "ease-plain": lambda: PlainEASEGenerator(l2=10.0),
     "mf": lambda: MFGenerator(factors=4, iterations=20),
     "bm25": lambda: BM25Generator(),
     "fused": lambda: FusedGenerator(),
@@ -206,7 +209,7 @@ def test_tokenize():
 
 
 def test_make_generator_and_errors():
-    assert set(GENERATORS) == {"popularity", "bm25", "itemknn", "mf", "ease", "fused"}
+    assert set(GENERATORS) == {"popularity", "bm25", "itemknn", "mf", "ease", "ease-plain", "fused"}
     for name, cls in GENERATORS.items():
         assert cls.name == name
         assert isinstance(make_generator(name), cls)
@@ -225,6 +228,27 @@ def test_make_generator_and_errors():
         FusedGenerator([BM25Generator()], weights=[1.0, 2.0])
     with pytest.raises(RuntimeError, match="not fitted"):
         ItemKNNGenerator().candidates([History()])
+
+
+def test_ease_plain_and_fitted_items(tmp_path):
+    """``ease-plain`` is binary EASE; only items with a training interaction count towards
+    ``max_items`` (item 20 has none), and the error names the YAML key that raises it."""
+    train, _ = _two_groups()
+    plain = make_generator("ease-plain", l2=10.0)
+    assert plain.recency_decay == 1.0 and plain.params() == {"l2": 10.0, "max_items": 20_000}
+    gen = EASEGenerator(l2=10.0, max_items=20).fit(train)
+    assert gen.fitted_items.tolist() == list(range(20))
+    assert not gen.score([History(items=np.array([0, 1]))])[0, 20]
+    with pytest.raises(ConfigError, match=r"generator_params: \{ease-plain: \{max_items: 20\}\}"):
+        PlainEASEGenerator(max_items=19).fit(train)
+    # A folder saved before fitted_items existed holds weights over the whole catalog.
+    folder = gen.save(tmp_path / "ease")
+    full = np.zeros((21, 21), dtype=np.float32)
+    full[:20, :20] = gen.weights
+    np.save(folder / "weights.npy", full)
+    (folder / "fitted_items.npy").unlink()
+    hists = [History(items=np.array([0, 1, 2])), History(items=np.array([12, 15]))]
+    np.testing.assert_array_equal(load_generator(folder).score(hists), gen.score(hists))
 
 
 def test_ease_max_items():

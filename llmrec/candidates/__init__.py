@@ -13,7 +13,7 @@ from typing import Any
 
 from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData, param_names
 from llmrec.candidates.bm25 import BM25Generator
-from llmrec.candidates.ease import EASEGenerator
+from llmrec.candidates.ease import EASEGenerator, PlainEASEGenerator
 from llmrec.candidates.fusion import FusedGenerator, default_components
 from llmrec.candidates.itemknn import ItemKNNGenerator
 from llmrec.candidates.mf import MFGenerator
@@ -30,6 +30,7 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         ItemKNNGenerator,
         MFGenerator,
         EASEGenerator,
+        PlainEASEGenerator,
         FusedGenerator,
     )
 }
@@ -71,6 +72,7 @@ __all__ = [
     "GENERATORS",
     "ItemKNNGenerator",
     "MFGenerator",
+    "PlainEASEGenerator",
     "PopularityGenerator",
     "STOPWORDS",
     "TrainData",

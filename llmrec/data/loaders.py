@@ -7,7 +7,9 @@ Supported sources (each loader names the files it reads):
 - MovieLens 100K: ``u.data`` + ``u.item`` (+ ``u.genre``) (:func:`load_movielens_100k`);
 - MovieLens 1M / 10M: ``ratings.dat`` + ``movies.dat`` (:func:`load_movielens_1m`);
 - Amazon Reviews 2023 JSONL: a reviews file + its ``meta_`` file (:func:`load_amazon2023`);
-- RecBole atomic files: ``NAME.inter`` + ``NAME.item`` (:func:`load_recbole`);
+- RecBole atomic files: ``NAME.inter`` + ``NAME.item``, or a leave-one-out benchmark
+  split ``NAME.train.inter`` / ``NAME.valid.inter`` / ``NAME.test.inter`` + ``NAME.item``
+  (:func:`load_recbole`);
 - any CSV/TSV/Parquet pair with a :class:`ColumnMapping` (:func:`load_tables`);
 - a folder written by ``RecDataset.save`` / ``llmrec data --save`` (:meth:`RecDataset.load`).
 
@@ -78,7 +80,8 @@ def detect_format(path: str | Path) -> str:
         file=str(root),
         value=found or None,
         hint=f"expected {DATASET_META} (a saved dataset), ratings.csv+movies.csv, u.data+u.item, "
-        "ratings.dat+movies.dat, interactions.csv+items.csv, NAME.inter+NAME.item, or X.jsonl+meta_X.jsonl; "
+        "ratings.dat+movies.dat, interactions.csv+items.csv, NAME.inter+NAME.item "
+        "(or NAME.train/valid/test.inter), or X.jsonl+meta_X.jsonl; "
         f"or pass format= one of {FORMATS}",
     )
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import datasets
 import numpy as np
 
+from llmrec.errors import DataError
 from llmrec.io import atomic_dir, atomic_write_json
 
 INTERACTION_FEATURES = datasets.Features(
@@ -122,14 +123,27 @@ class RecDataset:
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None) -> RecDataset:
-        """Load a folder written by :meth:`save`; ``name`` overrides the saved name."""
+        """Load a folder written by :meth:`save`; ``name`` overrides the saved name.
+
+        A damaged folder (unreadable metadata, a missing table) raises :class:`DataError`.
+        """
         path = Path(path)
-        meta = json.loads((path / DATASET_META).read_text(encoding="utf-8"))
+        try:
+            meta = json.loads((path / DATASET_META).read_text(encoding="utf-8"))
+            interactions = datasets.load_from_disk(str(path / "interactions"))
+            items = datasets.load_from_disk(str(path / "items"))
+            order_by = meta["order_by"]
+        except (ValueError, KeyError, TypeError, OSError) as err:  # JSON, decoding, a missing key or file
+            raise DataError(
+                f"cannot read the saved dataset ({type(err).__name__}: {err})",
+                file=str(path),
+                hint="save it again: `llmrec data SOURCE --save FOLDER`",
+            ) from err
         return cls(
             name=name or meta["name"],
-            interactions=datasets.load_from_disk(str(path / "interactions")),
-            items=datasets.load_from_disk(str(path / "items")),
-            order_by=meta["order_by"],
+            interactions=interactions,
+            items=items,
+            order_by=order_by,
             source=meta.get("source", ""),
             log=list(meta.get("log", [])),
         )

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from llmrec.data.formats.canonical import _concat, _finish, _interactions, _items
-from llmrec.data.formats.reading import _check_rows, _folder, _require_file
+from llmrec.data.formats.reading import UNREADABLE, _check_rows, _folder, _require_file, _unreadable
 from llmrec.data.formats.values import _ids, _join_text, _order_key, _ratings, _text
 from llmrec.data.schema import RecDataset
 from llmrec.errors import DataError
@@ -47,7 +47,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not isinstance(record, dict):
                     raise DataError(f"line {number} is not a JSON object", file=str(path), value=line[:80])
                 yield number, record
-        except (OSError, UnicodeDecodeError) as err:
+        except UNREADABLE as err:
+            raise _unreadable(path, err) from err
+        except OSError as err:
             raise DataError(f"cannot read the file: {err}", file=str(path)) from err
 
 

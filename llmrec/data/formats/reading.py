@@ -8,6 +8,8 @@ separator than the format's gets a hint saying so.
 from __future__ import annotations
 
 import csv
+import gzip
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +19,10 @@ from llmrec.errors import DataError
 
 _SEPARATORS = (",", ";", "\t", "|", "::")
 _SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe", "::": "'::'"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+UNREADABLE = (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError)
+"""What decompressing or decoding a file raises; :func:`_unreadable` turns each into a DataError."""
 
 
 def _require_file(path: Path) -> Path:
@@ -25,6 +31,40 @@ def _require_file(path: Path) -> Path:
         hint = f"files in {path.parent}: {found}" if found else f"folder {path.parent} does not exist"
         raise DataError("file not found", file=str(path), hint=hint)
     return path
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
+def _unreadable(path: Path, err: Exception, encoding: str = "utf-8") -> DataError:
+    """The :class:`DataError` for a file that cannot be decompressed or decoded (see :data:`UNREADABLE`)."""
+    gz = _is_gzip(path)
+    if isinstance(err, UnicodeDecodeError) and not gz:
+        return DataError(
+            f"file is not valid {encoding} text ({err.reason})",
+            file=str(path),
+            value=err.object[max(0, err.start - 20) : err.end + 20],
+            hint=f"save the file as {encoding}",
+        )
+    if gz and not path.name.endswith(".gz"):
+        return DataError(
+            "file is gzip-compressed but its name does not end in .gz",
+            file=str(path),
+            hint=f"rename it to {path.name}.gz",
+        )
+    if not gz:
+        return DataError(
+            "not gzip-compressed, although its name ends in .gz",
+            file=str(path),
+            hint=f"rename it to {path.name.removesuffix('.gz')}",
+        )
+    return DataError(
+        f"truncated or corrupt gzip file ({err})",
+        file=str(path),
+        hint="re-download it (`gzip -t FILE` checks a copy)",
+    )
 
 
 def _guess_separator(header: str, expected: str) -> str | None:
@@ -60,13 +100,8 @@ def _read_text_table(
         )
     except pd.errors.EmptyDataError as err:
         raise DataError("file is empty", file=str(path), hint="the file has no header and no rows") from err
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"file is not valid {encoding} text ({err.reason})",
-            file=str(path),
-            value=err.object[max(0, err.start - 20) : err.end + 20],
-            hint=f"save the file as {encoding}",
-        ) from err
+    except UNREADABLE as err:
+        raise _unreadable(path, err, encoding) from err
     except pd.errors.ParserError as err:
         raise DataError(
             f"cannot parse the file: {err}", file=str(path), hint=_separator_hint("", sep)

@@ -15,6 +15,11 @@ import pandas as pd
 
 from llmrec.errors import DataError
 
+RATING_RANGE = (0.0, 100.0)
+"""Plausible ratings, bounds included: generous enough for 0-5 stars, 1-10 scores and
+0-100 percentages; a value outside it (a Unix timestamp, -1, ``inf``, ``nan``) means a
+column was mapped wrongly, and is refused with the column named."""
+
 
 def _ids(values: pd.Series, path: Path, column: str, first_line: int = 2) -> pd.Series:
     """Ids as strings; a missing id raises with its line number."""
@@ -55,7 +60,8 @@ def _order_key(values: pd.Series, path: Path, column: str, first_line: int = 2) 
 
 
 def _ratings(values: pd.Series, path: Path, column: str, first_line: int = 2) -> np.ndarray:
-    """Ratings as float32; missing cells give NaN, any other non-number raises."""
+    """Ratings as float32; missing cells give NaN; a non-number or a value outside
+    :data:`RATING_RANGE` (``nan``, ``inf`` and negative values included) raises."""
     numbers = pd.to_numeric(values, errors="coerce")
     bad = (numbers.isna() & values.notna()).to_numpy()
     if bad.any():
@@ -67,7 +73,21 @@ def _ratings(values: pd.Series, path: Path, column: str, first_line: int = 2) ->
             value=values.iloc[row],
             hint="ratings must be numbers; leave the cell empty when there is none",
         )
-    return numbers.to_numpy(dtype=np.float32)
+    low, high = RATING_RANGE
+    floats = numbers.to_numpy(dtype=np.float64)
+    outside = ~np.isnan(floats) & ~((floats >= low) & (floats <= high))
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise DataError(
+            f"rating outside the plausible range [{low:g}, {high:g}] at line {row + first_line} "
+            f"({int(outside.sum())} such rows)",
+            file=str(path),
+            column=column,
+            value=values.iloc[row],
+            hint="check the column order/mapping: is this column the rating? "
+            "(a Unix timestamp here means two columns are swapped)",
+        )
+    return floats.astype(np.float32)
 
 
 def _text(value: Any) -> str:
