@@ -193,7 +193,7 @@ def _retriever_and_history(cfg: Any, user: str | None, history: str | None, need
     if not saved or user is not None:
         cleaned = prepare_data(cfg)
         catalog = ItemCatalog.from_dataset(cleaned)
-        users, seqs = user_sequences(cleaned, catalog)
+        users, seqs = user_sequences(cleaned, catalog, order=cfg.order)
     retriever = build_retriever(cfg, None if saved else TrainData(catalog, seqs))
     hist = None
     if user is not None:

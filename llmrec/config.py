@@ -90,6 +90,11 @@ class DataConfig(Settings):
     )
     k_core: int = setting(5, "Iterative k-core on users and items (0 = off).")
     min_rating: float | None = setting(None, "Keep interactions with rating >= this.")
+    order: Literal["time+text", "time+id", "file"] = setting(
+        "time+text",
+        "Tie order of same-timestamp interactions: time+text (item ids as text, as the README's "
+        "numbers), time+id (numeric ids, as published MovieLens splits), file (file order).",
+    )
     source: str | None = setting(None, "Cross-domain: the source domain (cold-start users' history).")
     target: str | None = setting(None, "Cross-domain: the target domain whose items are ranked.")
     cold_fraction: float = setting(0.2, "Cross-domain: share of users made cold-start.")

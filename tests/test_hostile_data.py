@@ -213,7 +213,7 @@ def _ml100k(folder: Path, n_users: int = 40) -> pd.DataFrame:
 
 def test_ml100k_ties_break_by_numeric_item_id(tmp_path: Path) -> None:
     ratings = _ml100k(tmp_path / "ml-100k")
-    split = leave_one_out(load_dataset(tmp_path / "ml-100k"))
+    split = leave_one_out(load_dataset(tmp_path / "ml-100k"), order="time+id")
     expected = ratings.sort_values(["userId", "timestamp", "movieId"], kind="stable").groupby("userId")
     ids = split.catalog.item_ids
     by_user = dict(zip(split.user_ids.tolist(), range(split.n_users), strict=True))

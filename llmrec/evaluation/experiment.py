@@ -197,7 +197,7 @@ def _sample_users(users: np.ndarray, config: EvalConfig) -> np.ndarray:
 
 
 def _single_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, list[str]]:
-    split = leave_one_out(data)
+    split = leave_one_out(data, order=config.order)
     train = TrainData(split.catalog, split.sequences(config.stage))
     fitted, fit_info = _fit_all(config, train)
     all_users = split.eval_users(config.stage)
@@ -235,7 +235,9 @@ def _single_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, li
 
 def _cross_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, list[str]]:
     assert config.source is not None and config.target is not None  # checked in EvalConfig
-    cd = cross_domain_split(data, config.source, config.target, config.cold_fraction, config.seed)
+    cd = cross_domain_split(
+        data, config.source, config.target, config.cold_fraction, config.seed, order=config.order
+    )
     train = TrainData(cd.catalog, cd.fit_sequences(config.stage))
     fitted, fit_info = _fit_all(config, train)
     allowed = cd.catalog.domain_mask(config.target)

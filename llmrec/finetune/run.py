@@ -32,7 +32,7 @@ def run_finetune(config: FinetuneConfig) -> Path:
     """Tune the reranker on ``config.dataset`` (optionally one ``config.target`` domain); the
     adapter folder."""
     data = prepare_data(config)
-    split = leave_one_out(data, domain=config.target)
+    split = leave_one_out(data, domain=config.target, order=config.order)
     retriever = build_retriever(config, TrainData(split.catalog, split.sequences("valid")))
     template = PromptTemplate.load(config.template)
     renderer = PromptRenderer(template, load_tokenizer(resolve_model(config.model)), config.max_prompt_tokens)
@@ -69,7 +69,9 @@ def _training_users(data: RecDataset, split: LeaveOneOutSplit, config: FinetuneC
     """Users whose histories become examples: all (None), a few-shot sample, minus cold-start users."""
     if config.source is None:
         return None if config.train_users is None else sample_users(split, config.train_users, config.seed)
-    cd = cross_domain_split(data, config.source, config.target, config.cold_fraction, config.seed)
+    cd = cross_domain_split(
+        data, config.source, config.target, config.cold_fraction, config.seed, order=config.order
+    )
     cold_ids = set(cd.user_ids[cd.cold].tolist())
     empty = np.zeros(0, dtype=np.int64)
     seqs = [empty if uid in cold_ids else s for uid, s in zip(split.user_ids.tolist(), split.train)]
