@@ -1,0 +1,94 @@
+"""Hostile inputs to the LLM stage and tuning: each gets a clear error before work starts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from llmrec.llm.vllm_client import ServerUnavailable, VLLMServerBackend, VLLMServerConfig
+from llmrec.llm.vllm_server import free_port
+
+# --- the vLLM server client ------------------------------------------------------------------
+
+
+@contextmanager
+def _tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback TCP server that runs ``handle`` on each accepted connection; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            handle(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def _client(port: int, **options) -> VLLMServerBackend:
+    """A client without a tokenizer (``served_models`` needs none)."""
+    client = VLLMServerBackend.__new__(VLLMServerBackend)
+    client.config = VLLMServerConfig(base_url=f"http://127.0.0.1:{port}/v1", **options)
+    client.model_name, client.adapter_name = client.config.model, None
+    return client
+
+
+def test_a_server_that_accepts_and_never_answers_fails_within_the_read_timeout():
+    with _tcp_server(lambda conn: None) as port:
+        client = _client(port, read_timeout_s=1.0, retries=1, backoff_s=0.01)
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailable) as err:
+            client.served_models()
+        elapsed = time.monotonic() - start
+    assert elapsed < 10
+    message = str(err.value)
+    assert f"http://127.0.0.1:{port}/v1/models" in message
+    assert "no reply within read_timeout_s=1 s" in message and "after 2 tries" in message
+
+
+def test_a_server_that_answers_garbage_is_unavailable_not_a_traceback():
+    def garbage(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"garbage\r\n\r\n")
+        conn.close()
+
+    with _tcp_server(garbage) as port:
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailable, match="not an HTTP reply") as err:
+            _client(port, retries=0).served_models()
+    assert time.monotonic() - start < 10
+    assert f"127.0.0.1:{port}" in str(err.value) and "after 1 try" in str(err.value)
+
+
+def test_a_closed_port_says_connection_refused():
+    with pytest.raises(ServerUnavailable, match="connection refused.*after 1 try"):
+        _client(free_port(), retries=0).served_models()
+
+
+def test_timeouts_are_checked():
+    from llmrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="read_timeout_s"):
+        VLLMServerConfig(read_timeout_s=0)
+    with pytest.raises(ConfigError, match="connect_timeout_s"):
+        VLLMServerConfig(connect_timeout_s=-1)
