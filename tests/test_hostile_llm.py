@@ -92,3 +92,68 @@ def test_timeouts_are_checked():
         VLLMServerConfig(read_timeout_s=0)
     with pytest.raises(ConfigError, match="connect_timeout_s"):
         VLLMServerConfig(connect_timeout_s=-1)
+
+
+# --- template and adapter, checked before a model loads --------------------------------------
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fails the test if anything starts loading a model or a tokenizer."""
+    import llmrec.finetune.trainer as trainer
+    import llmrec.llm.transformers_backend as tb
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(tb, "load_causal_lm", refuse)
+    monkeypatch.setattr(tb, "resolve_model", refuse)
+    monkeypatch.setattr(trainer, "resolve_model", refuse)
+
+
+def _fast(call: Callable[[], object], error: type[Exception], match: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(error, match=match):
+        call()
+    assert time.monotonic() - start < 2
+
+
+def test_build_reranker_checks_template_and_adapter_first(tmp_path, no_model_loads):
+    from llmrec.config import RecommendConfig
+    from llmrec.errors import ConfigError
+    from llmrec.pipeline import build_reranker
+
+    _fast(
+        lambda: build_reranker(RecommendConfig(template="nosuch")),
+        ConfigError,
+        r"template='nosuch': no such template; available: .*listwise",
+    )
+    missing = tmp_path / "missing"
+    _fast(
+        lambda: build_reranker(RecommendConfig(adapter=str(missing))), ConfigError, "adapter=.*no such folder"
+    )
+    _fast(
+        lambda: build_reranker(RecommendConfig(adapter=str(tmp_path))),
+        ConfigError,
+        r"adapter=.*not a PEFT adapter folder \(no adapter_config.json\)",
+    )
+    _fast(
+        lambda: build_reranker(RecommendConfig(backend="vllm", adapter=str(tmp_path))),
+        ConfigError,
+        "adapter_config.json",
+    )
+
+
+def test_finetune_checks_template_and_adapter_before_data_and_model(tmp_path, monkeypatch, no_model_loads):
+    import llmrec.finetune.run as run
+    from llmrec.errors import ConfigError
+    from llmrec.finetune import FinetuneConfig
+
+    monkeypatch.setattr(run, "prepare_data", lambda config: pytest.fail("data loaded first"))
+    out = str(tmp_path / "run")
+    _fast(
+        lambda: run.run_finetune(FinetuneConfig(template="nosuch", output_dir=out)), ConfigError, "template="
+    )
+    config = FinetuneConfig(adapter=str(tmp_path), output_dir=out)
+    _fast(lambda: run.run_finetune(config), ConfigError, "not a PEFT adapter folder")
+    _fast(lambda: run.finetune(config, None), ConfigError, "not a PEFT adapter folder")

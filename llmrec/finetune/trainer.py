@@ -28,7 +28,7 @@ from llmrec.finetune.config import METRIC, FinetuneConfig
 from llmrec.finetune.model import attach_adapter, load_base_model
 from llmrec.io import atomic_dir
 from llmrec.llm.backend import ScoringBackend, label_token_ids
-from llmrec.llm.models import load_tokenizer, pick_device, resolve_dtype, resolve_model
+from llmrec.llm.models import check_adapter_folder, load_tokenizer, pick_device, resolve_dtype, resolve_model
 from llmrec.llm.prompting import PromptTemplate
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,16 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MERGED = "merged"
 
-__all__ = ["FinetuneConfig", "finetune", "last_checkpoint", "tokenize_examples"]
+__all__ = ["FinetuneConfig", "check_inputs", "finetune", "last_checkpoint", "tokenize_examples"]
+
+
+def check_inputs(config: FinetuneConfig) -> PromptTemplate:
+    """The run's template, after checking it and the starting adapter folder (if any): both fail
+    here in a moment with a ConfigError, not after the data and the model have loaded."""
+    template = PromptTemplate.load(config.template)
+    if config.adapter:
+        check_adapter_folder(config.adapter)
+    return template
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -190,18 +199,21 @@ def finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | N
     ``config.early_stopping_patience`` evaluations without improvement. Without
     ``eval_steps`` it runs once after training, for the manifest.
     """
+    template = check_inputs(config)  # before torch is even imported
     import torch
 
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _finetune(config, train_dataset, eval_fn)
+        return _finetune(config, template, train_dataset, eval_fn)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | None) -> Path:
+def _finetune(
+    config: FinetuneConfig, template: PromptTemplate, train_dataset: Dataset, eval_fn: EvalFn | None
+) -> Path:
     import torch
     from transformers import EarlyStoppingCallback
 
@@ -225,7 +237,6 @@ def _finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | 
     dtype_name = resolve_dtype(config.dtype, device)
     dtype = getattr(torch, dtype_name)
     tokenizer = load_tokenizer(model_path)
-    template = PromptTemplate.load(config.template)
     label_ids = dict(zip(template.labels, label_token_ids(tokenizer, template.labels)))
     tokenized = tokenize_examples(train_dataset, tokenizer, label_ids)
 
