@@ -157,3 +157,53 @@ def test_finetune_checks_template_and_adapter_before_data_and_model(tmp_path, mo
     config = FinetuneConfig(adapter=str(tmp_path), output_dir=out)
     _fast(lambda: run.run_finetune(config), ConfigError, "not a PEFT adapter folder")
     _fast(lambda: run.finetune(config, None), ConfigError, "not a PEFT adapter folder")
+
+
+# --- --resume with other settings than the checkpoints' --------------------------------------
+
+
+def _previous_run(tmp_path, **settings):
+    """A run folder as a killed run leaves it: run_config.json and one complete checkpoint."""
+    from llmrec.finetune import FinetuneConfig
+    from llmrec.finetune.artifacts import RUN_CONFIG, run_record
+    from llmrec.io import atomic_write_json
+
+    out = tmp_path / "run"
+    first = FinetuneConfig(output_dir=str(out), seed=3, threads=2, **settings)
+    atomic_write_json(out / RUN_CONFIG, run_record(out, first, resuming=False))
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    return out
+
+
+def test_resume_with_other_training_settings_is_refused_unless_forced(tmp_path):
+    from llmrec.errors import LlmrecError
+    from llmrec.finetune import FinetuneConfig
+    from llmrec.finetune.trainer import check_inputs
+
+    out = _previous_run(tmp_path)
+    same = dict(output_dir=str(out), resume=True)
+    with pytest.raises(LlmrecError, match=r"seed: 3 -> 4.*--force-resume"):
+        check_inputs(FinetuneConfig(seed=4, threads=2, **same))
+    with pytest.raises(LlmrecError, match=r"learning_rate: 0.0002 -> 0.001; seed: 3 -> 4"):
+        check_inputs(FinetuneConfig(seed=4, learning_rate=1e-3, **same))
+    # where and how fast it runs may change
+    start = check_inputs(FinetuneConfig(seed=3, threads=1, eval_steps=50, save_steps=50, **same))
+    assert start.resume_from == out / "checkpoints" / "checkpoint-2" and start.record["forced_from"] == []
+    forced = check_inputs(FinetuneConfig(seed=4, force_resume=True, **same)).record
+    assert forced["config"]["seed"] == 4
+    assert forced["forced_from"][0]["config"]["seed"] == 3 and forced["forced_from"][0]["changes"] == {
+        "seed": [3, 4]
+    }
+    with pytest.raises(LlmrecError, match="already holds checkpoints"):
+        check_inputs(FinetuneConfig(seed=3, output_dir=str(out)))
+
+
+def test_config_changes_ignores_resumable_fields():
+    from llmrec.finetune.artifacts import config_changes
+
+    old = {"seed": 1, "threads": 2, "target_modules": ["q_proj"], "output_dir": "a"}
+    assert config_changes(old, {**old, "threads": 8, "output_dir": "b"}) == {}
+    assert config_changes(old, {**old, "target_modules": ("q_proj", "v_proj")}) == {
+        "target_modules": (["q_proj"], ["q_proj", "v_proj"])
+    }

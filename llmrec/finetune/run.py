@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 def run_finetune(config: FinetuneConfig) -> Path:
     """Tune the reranker on ``config.dataset`` (optionally one ``config.target`` domain); the
     adapter folder."""
-    template = check_inputs(config)  # before the data, the retriever and the model load
+    template = check_inputs(config).template  # fails before the data, retriever and model load
     data = prepare_data(config)
     split = leave_one_out(data, domain=config.target)
     retriever = build_retriever(config, TrainData(split.catalog, split.sequences("valid")))
