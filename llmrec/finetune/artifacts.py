@@ -1,9 +1,14 @@
-"""What a tuning run leaves in its folder besides checkpoints: ``manifest.json`` (base model,
-template, data, config, metrics, library versions) and, when asked, the ``merged/`` model."""
+"""What a tuning run leaves in its folder besides checkpoints: ``run_config.json`` (the
+settings its checkpoints are trained with, written when training starts and compared on
+``--resume``), ``manifest.json`` (base model, template, data, config, metrics, library
+versions) and, when asked, the ``merged/`` model."""
 
 from __future__ import annotations
 
+import json
+import logging
 import platform
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,12 +17,84 @@ import numpy as np
 from datasets import Dataset
 
 from llmrec import __version__
+from llmrec.errors import LlmrecError
 from llmrec.finetune.config import METRIC, FinetuneConfig
 from llmrec.io import atomic_dir, atomic_write_json
 from llmrec.llm.models import load_tokenizer
 from llmrec.llm.prompting import PromptTemplate
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+RUN_CONFIG = "run_config.json"
+
+RESUMABLE = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "force_resume",
+        "threads",
+        "device",
+        "eval_users",
+        "eval_steps",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "merge",
+        "early_stopping_patience",
+        "batch_size",
+        "gradient_checkpointing",
+    }
+)
+"""Settings that may change on ``--resume``: where and how fast the run goes, what it logs,
+evaluates and keeps. Every other field (data, examples, template, model, adapter, LoRA,
+optimizer, schedule, seed...) changes what the checkpoints are trained on."""
+
+
+def config_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{field: (recorded, current)}`` for every field outside :data:`RESUMABLE` that differs
+    (compared as JSON, so a tuple equals a list); a field missing on one side counts too."""
+    old, new = json.loads(json.dumps(dict(recorded))), json.loads(json.dumps(dict(current)))
+    return {
+        name: (old.get(name), new.get(name))
+        for name in sorted(set(old) | set(new))
+        if name not in RESUMABLE and old.get(name) != new.get(name)
+    }
+
+
+def run_record(out: Path, config: FinetuneConfig, *, resuming: bool) -> dict[str, Any]:
+    """What ``out/run_config.json`` should hold for this run (the caller writes it when training
+    starts); for a resumed run, after comparing with the recorded one.
+
+    Resuming with settings that change what is trained (see :data:`RESUMABLE`) is an error
+    naming each field, old -> new, unless ``config.force_resume``; then the record becomes the
+    new settings with the earlier ones and the changes under ``forced_from``. The record is
+    ``{"config": ..., "forced_from": [...]}``; it goes into the manifest too.
+    """
+    path = out / RUN_CONFIG
+    current = config.to_dict()
+    record: dict[str, Any] = {"config": current, "forced_from": []}
+    if resuming and path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        changes = config_changes(previous["config"], current)
+        if changes and not config.force_resume:
+            listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
+            raise LlmrecError(
+                f"resume: the checkpoints in {out} were trained with other settings ({listed}). "
+                f"Resume with the settings in {path}, choose another output_dir for a new run, or "
+                "pass --force-resume (force_resume: true) to continue them with the new settings "
+                "(the manifest records both)"
+            )
+        record["forced_from"] = list(previous.get("forced_from", []))
+        if changes:
+            record["forced_from"].append(
+                {"config": previous["config"], "changes": {k: list(v) for k, v in changes.items()}}
+            )
+    elif resuming:
+        logger.warning(
+            "resume: %s has no %s (an older run?): its settings cannot be compared", out, RUN_CONFIG
+        )
+    return record
 
 
 def library_versions() -> dict[str, str]:
@@ -102,6 +179,7 @@ def write_manifest(
     metrics: dict[str, Any],
     resumed_from: Path | None,
     train_seconds: float,
+    run_config: dict[str, Any] | None = None,
 ) -> Path:
     """``out/manifest.json``: what was tuned from what, how, with which result and libraries."""
     manifest = {
@@ -117,6 +195,9 @@ def write_manifest(
         "dtype": dtype,
         "data": data,
         "config": config.to_dict(),
+        # what the checkpoints were trained with: this config, and after a forced resume the
+        # earlier settings and what changed (run_config.json)
+        "forced_from": (run_config or {}).get("forced_from", []),
         "metrics": metrics,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "train_seconds": round(train_seconds, 2),

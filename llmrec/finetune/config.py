@@ -56,6 +56,10 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
     )
     output_dir: str = setting("runs/finetune", "Run folder: checkpoints/, adapter/, manifest.json.")
     resume: bool = setting(False, "Continue from the last complete checkpoint in output_dir.")
+    force_resume: bool = setting(
+        False,
+        "Resume even though settings that change what is trained differ from output_dir/run_config.json.",
+    )
     merge: bool = setting(False, "Also save the base model with the adapter merged in (output_dir/merged).")
     learning_rate: float = setting(2e-4, "Peak learning rate.")
     num_train_epochs: float = setting(1.0, "Epochs (unless max_steps is set).")

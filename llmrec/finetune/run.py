@@ -20,9 +20,9 @@ from llmrec.data.split import LeaveOneOutSplit
 from llmrec.finetune.config import FinetuneConfig
 from llmrec.finetune.evaluation import RankingEvaluator
 from llmrec.finetune.examples import build_examples, sample_users
-from llmrec.finetune.trainer import finetune
+from llmrec.finetune.trainer import check_inputs, finetune
 from llmrec.llm.models import load_tokenizer, resolve_model
-from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+from llmrec.llm.prompting import PromptRenderer
 from llmrec.pipeline import build_retriever, prepare_data
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 def run_finetune(config: FinetuneConfig) -> Path:
     """Tune the reranker on ``config.dataset`` (optionally one ``config.target`` domain); the
     adapter folder."""
+    template = check_inputs(config).template  # fails before the data, retriever and model load
     data = prepare_data(config)
     split = leave_one_out(data, domain=config.target, order=config.order)
     retriever = build_retriever(config, TrainData(split.catalog, split.sequences("valid")))
-    template = PromptTemplate.load(config.template)
     renderer = PromptRenderer(template, load_tokenizer(resolve_model(config.model)), config.max_prompt_tokens)
     users = _training_users(data, split, config)
     allowed = split.catalog.domain_mask(config.target)

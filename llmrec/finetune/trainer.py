@@ -16,19 +16,27 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.finetune.artifacts import describe_data, merge_adapter, training_metrics, write_manifest
+from llmrec.finetune.artifacts import (
+    RUN_CONFIG,
+    describe_data,
+    merge_adapter,
+    run_record,
+    training_metrics,
+    write_manifest,
+)
 from llmrec.finetune.backend import InTrainingBackend
 from llmrec.finetune.config import METRIC, FinetuneConfig
 from llmrec.finetune.model import attach_adapter, load_base_model
-from llmrec.io import atomic_dir
+from llmrec.io import atomic_dir, atomic_write_json
 from llmrec.llm.backend import ScoringBackend, label_token_ids
-from llmrec.llm.models import load_tokenizer, pick_device, resolve_dtype, resolve_model
+from llmrec.llm.models import check_adapter_folder, load_tokenizer, pick_device, resolve_dtype, resolve_model
 from llmrec.llm.prompting import PromptTemplate
 
 logger = logging.getLogger(__name__)
@@ -41,7 +49,35 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MERGED = "merged"
 
-__all__ = ["FinetuneConfig", "finetune", "last_checkpoint", "tokenize_examples"]
+__all__ = ["FinetuneConfig", "check_inputs", "finetune", "last_checkpoint", "tokenize_examples"]
+
+
+@dataclass
+class RunStart:
+    """What :func:`check_inputs` found: the template, the checkpoint to resume from, and the
+    record for ``run_config.json``."""
+
+    template: PromptTemplate
+    resume_from: Path | None
+    record: dict[str, Any]
+
+
+def check_inputs(config: FinetuneConfig) -> RunStart:
+    """Check what can be checked in a moment, before the data and the model load: the template,
+    the starting adapter folder, and the run folder (checkpoints without ``resume``; on
+    ``resume``, settings that differ from its ``run_config.json``)."""
+    template = PromptTemplate.load(config.template)
+    if config.adapter:
+        check_adapter_folder(config.adapter)
+    out = Path(config.output_dir)
+    found = last_checkpoint(out / CHECKPOINTS)
+    if not config.resume and found is not None:
+        raise LlmrecError(
+            f"{out / CHECKPOINTS} already holds checkpoints: pass resume=True (--resume) to continue "
+            "that run, or choose another output_dir"
+        )
+    resume_from = found if config.resume else None
+    return RunStart(template, resume_from, run_record(out, config, resuming=resume_from is not None))
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -190,42 +226,40 @@ def finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | N
     ``config.early_stopping_patience`` evaluations without improvement. Without
     ``eval_steps`` it runs once after training, for the manifest.
     """
+    start = check_inputs(config)  # before torch is even imported
     import torch
 
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _finetune(config, train_dataset, eval_fn)
+        return _finetune(config, start, train_dataset, eval_fn)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | None) -> Path:
+def _finetune(
+    config: FinetuneConfig, start: RunStart, train_dataset: Dataset, eval_fn: EvalFn | None
+) -> Path:
     import torch
     from transformers import EarlyStoppingCallback
 
     started = time.perf_counter()
+    template, resume_from = start.template, start.resume_from
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = out / CHECKPOINTS
-    resume_from = last_checkpoint(checkpoint_dir) if config.resume else None
     if config.resume and resume_from is None:
         logger.warning("resume: no complete checkpoint in %s, starting from scratch", checkpoint_dir)
-    if not config.resume and last_checkpoint(checkpoint_dir) is not None:
-        raise LlmrecError(
-            f"{checkpoint_dir} already holds checkpoints: pass resume=True to continue that run, "
-            "or choose another output_dir"
-        )
     if config.eval_steps is not None and eval_fn is None:
         logger.warning("eval_steps=%s but no eval_fn: no in-training evaluation", config.eval_steps)
+    atomic_write_json(out / RUN_CONFIG, start.record)  # what the checkpoints are trained with
 
     model_path = resolve_model(config.model)
     device = pick_device(config.device)
     dtype_name = resolve_dtype(config.dtype, device)
     dtype = getattr(torch, dtype_name)
     tokenizer = load_tokenizer(model_path)
-    template = PromptTemplate.load(config.template)
     label_ids = dict(zip(template.labels, label_token_ids(tokenizer, template.labels)))
     tokenized = tokenize_examples(train_dataset, tokenizer, label_ids)
 
@@ -276,6 +310,7 @@ def _finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | 
         metrics=metrics,
         resumed_from=resume_from,
         train_seconds=train_seconds,
+        run_config=start.record,
     )
     if config.merge:
         merge_adapter(model_path, adapter_dir, out / MERGED)

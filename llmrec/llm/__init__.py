@@ -81,9 +81,15 @@ def load_reranker(
     server_url: str | None = None,
     **backend_options: Any,
 ):
-    """Load an engine once and wrap it in an :class:`~llmrec.llm.reranker.LLMReranker`."""
+    """Load an engine once and wrap it in an :class:`~llmrec.llm.reranker.LLMReranker`.
+
+    The template is read, and an adapter folder checked (by the backend's config), before the
+    model loads, so a wrong name fails in a moment.
+    """
+    from llmrec.llm.prompting import PromptTemplate
     from llmrec.llm.reranker import LLMReranker
 
+    prompt = PromptTemplate.load(template)
     engine = load_backend(
         model,
         backend=backend,
@@ -93,4 +99,4 @@ def load_reranker(
         server_url=server_url,
         **backend_options,
     )
-    return LLMReranker(engine, template, max_prompt_tokens=max_prompt_tokens)
+    return LLMReranker(engine, prompt, max_prompt_tokens=max_prompt_tokens)

@@ -53,6 +53,24 @@ def resolve_model(name_or_path: str) -> str:
     )
 
 
+def check_adapter_folder(path: str | Path, parameter: str = "adapter") -> Path:
+    """``path`` as a PEFT adapter folder (one holding ``adapter_config.json``), or a ConfigError
+    naming ``parameter``; cheap, so callers run it before any model loads."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        problem = "no such folder"
+    elif not (folder / "adapter_config.json").is_file():
+        problem = "not a PEFT adapter folder (no adapter_config.json)"
+    else:
+        return folder
+    raise ConfigError(
+        f"{problem}; give a PEFT adapter folder (holding adapter_config.json), e.g. the adapter/ "
+        "folder of a `llmrec finetune` run: runs/<name>/adapter",
+        parameter=parameter,
+        value=str(path),
+    )
+
+
 def prepare_offline_model(name: str = DEFAULT_MODEL) -> Path:
     """Convert a packaged GGUF model to a bf16 safetensors folder once; return the folder."""
     package, relpath, folder = _OFFLINE[name]

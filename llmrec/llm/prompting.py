@@ -87,7 +87,12 @@ class PromptTemplate:
             path = prompts_dir() / f"{name_or_path}.jinja"
         if not path.exists():
             available = sorted(p.stem for p in prompts_dir().glob("*.jinja"))
-            raise LlmrecError(f"prompt template {str(name_or_path)!r} not found; available: {available}")
+            raise ConfigError(
+                f"no such template; available: {', '.join(available)} (a name in {prompts_dir()} or a "
+                ".jinja file path)",
+                parameter="template",
+                value=str(name_or_path),
+            )
         source = path.read_text(encoding="utf-8")
         match = _HEADER.match(source)
         if not match:

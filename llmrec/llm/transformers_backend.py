@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from llmrec.errors import ConfigError
-from llmrec.llm.models import load_causal_lm, pick_device, resolve_dtype, resolve_model
+from llmrec.llm.models import check_adapter_folder, load_causal_lm, pick_device, resolve_dtype, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class TransformersConfig:
             raise ConfigError("must be none, 4bit or 8bit", parameter="quantization", value=self.quantization)
         if self.batch_size < 1:
             raise ConfigError("must be >= 1", parameter="batch_size", value=self.batch_size)
+        if self.adapter:
+            check_adapter_folder(self.adapter)
 
 
 class CausalLMScorer:

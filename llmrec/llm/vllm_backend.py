@@ -18,13 +18,12 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.llm.models import resolve_dtype, resolve_model
+from llmrec.llm.models import check_adapter_folder, resolve_dtype, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +80,7 @@ class VLLMConfig:
         if self.kv_cache_gib <= 0:
             raise ConfigError("must be > 0", parameter="kv_cache_gib", value=self.kv_cache_gib)
         for name, path in self.all_adapters().items():
-            if not (Path(path) / "adapter_config.json").exists():
-                raise ConfigError(
-                    f"adapter {name!r}: {path} has no adapter_config.json (a PEFT adapter folder, e.g. "
-                    "runs/<name>/adapter from `llmrec finetune`)",
-                    parameter="adapter",
-                    value=path,
-                )
+            check_adapter_folder(path, "adapter" if name == "default" else f"adapters[{name}]")
 
     def all_adapters(self) -> dict[str, str]:
         """Every adapter by name, 'default' being ``adapter``."""

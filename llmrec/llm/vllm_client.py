@@ -3,20 +3,22 @@
 :class:`VLLMServerBackend` sends ``/v1/completions`` requests (prompts as token ids,
 ``max_tokens=1``, ``logprob_token_ids`` = the label ids, ``return_tokens_as_token_ids``) and
 reads each label's full-vocabulary log-prob, so it scores exactly like the in-process
-backend. Requests time out, are retried with backoff on connection errors and 5xx/429, and a
-server that never answers gives an error that says how to start one
-(:mod:`llmrec.llm.vllm_server`).
+backend. Connecting and waiting for the reply have separate time limits
+(``connect_timeout_s``, ``read_timeout_s``); refused or timed-out connections, replies that are
+not HTTP, and 5xx/429 answers are retried ``retries`` times with exponential backoff, and then
+an error names the URL, what went wrong and how to start a server (:mod:`llmrec.llm.vllm_server`).
+
 """
 
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +46,14 @@ class VLLMServerConfig:
     tokenizer: str | None = None
     adapter: str | None = None
     """Name of a LoRA module of the server (``--lora-modules name=path``) to score with."""
-    timeout_s: float = 120.0
-    retries: int = 3
+    connect_timeout_s: float = 5.0
+    """Seconds to open the TCP (and TLS) connection."""
+    read_timeout_s: float = 60.0
+    """Seconds to wait for the server's reply to one request (for each read from the socket)."""
+    retries: int = 2
+    """Further tries after a failed one (refused, timed out, not HTTP, 5xx/429)."""
     backoff_s: float = 1.0
+    """Wait before the first retry; doubled before each next one."""
     batch_size: int = 64
     """Prompts per HTTP request (the server batches across requests too)."""
     api_key: str | None = None
@@ -57,12 +64,17 @@ class VLLMServerConfig:
             raise ConfigError(
                 "must start with http:// or https://", parameter="base_url", value=self.base_url
             )
-        if self.retries < 0 or self.timeout_s <= 0 or self.batch_size < 1:
+        for name in ("connect_timeout_s", "read_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError("must be > 0 seconds", parameter=name, value=getattr(self, name))
+        if self.retries < 0 or self.backoff_s < 0:
             raise ConfigError(
-                "need retries >= 0, timeout_s > 0, batch_size >= 1",
-                parameter="retries/timeout_s/batch_size",
-                value=(self.retries, self.timeout_s, self.batch_size),
+                "need retries >= 0 and backoff_s >= 0",
+                parameter="retries/backoff_s",
+                value=(self.retries, self.backoff_s),
             )
+        if self.batch_size < 1:
+            raise ConfigError("must be >= 1", parameter="batch_size", value=self.batch_size)
         self.base_url = self.base_url.rstrip("/")
 
 
@@ -133,34 +145,83 @@ class VLLMServerBackend:
         return body
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One JSON request, retried with backoff; :class:`ServerUnavailable` when every try fails."""
         url = self.config.base_url + path
         headers = {"Content-Type": "application/json"}
         key = self.config.api_key or os.environ.get("VLLM_API_KEY")
         if key:
             headers["Authorization"] = f"Bearer {key}"
         data = None if payload is None else json.dumps(payload).encode()
-        last: Exception | None = None
-        for attempt in range(self.config.retries + 1):
+        tries = self.config.retries + 1
+        problem = ""
+        for attempt in range(tries):
             if attempt:
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode(errors="replace")[:500]
-                if err.code < 500 and err.code != 429:  # our request is wrong: retrying will not help
-                    raise LlmrecError(
-                        f"vLLM server {url} refused the request ({err.code}): {detail}"
-                    ) from err
-                last = err
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = err
-            logger.warning(
-                "vLLM server %s: %s (try %d of %d)", url, last, attempt + 1, self.config.retries + 1
-            )
+                status, body = self._send(method, url, data, headers)
+            except _Failed as err:
+                problem = str(err)
+            else:
+                if status < 300:
+                    return _json(body, url)
+                detail = body.decode(errors="replace")[:500]
+                if status < 500 and status != 429:  # our request is wrong: retrying will not help
+                    raise LlmrecError(f"vLLM server {url} refused the request ({status}): {detail}")
+                problem = f"HTTP {status}: {detail}"
+            logger.warning("vLLM server %s: %s (try %d of %d)", url, problem, attempt + 1, tries)
         raise ServerUnavailable(
-            f"no answer from the vLLM server at {self.config.base_url} after {self.config.retries + 1} tries "
-            f"({last}). Start one with `llmrec serve-model --model {self.config.model}` or pass the "
-            "right --server-url"
+            f"vLLM server {url}: {problem} (after {tries} {'try' if tries == 1 else 'tries'}). "
+            f"Start one with `llmrec serve-model --model {self.config.model}`, pass the right "
+            "--server-url, or raise VLLMServerConfig's connect_timeout_s / read_timeout_s / retries"
         )
+
+    def _send(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        """Status and body of one HTTP exchange; :class:`_Failed` says which phase failed."""
+        parts = urllib.parse.urlsplit(url)
+        connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = connection_class(parts.hostname or "", parts.port, timeout=self.config.connect_timeout_s)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            try:
+                conn.connect()
+            except ConnectionRefusedError:
+                raise _Failed("connection refused (is the server running on this port?)") from None
+            except TimeoutError:
+                raise _Failed(
+                    f"connect timed out after connect_timeout_s={self.config.connect_timeout_s:g} s"
+                ) from None
+            except OSError as err:
+                raise _Failed(f"cannot connect: {err}") from None
+            assert conn.sock is not None
+            conn.sock.settimeout(self.config.read_timeout_s)
+            try:
+                conn.request(method, target, body=data, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except TimeoutError:
+                raise _Failed(
+                    f"no reply within read_timeout_s={self.config.read_timeout_s:g} s "
+                    "(the server accepted the connection but did not answer)"
+                ) from None
+            except (http.client.HTTPException, ConnectionError) as err:
+                raise _Failed(f"not an HTTP reply or the connection was dropped ({err!r})") from None
+            except OSError as err:
+                raise _Failed(f"connection error: {err}") from None
+        finally:
+            conn.close()
+
+
+class _Failed(Exception):
+    """One try failed before an HTTP status came back; the message says how."""
+
+
+def _json(body: bytes, url: str) -> dict[str, Any]:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise LlmrecError(
+            f"vLLM server {url} answered something that is not JSON: {body[:200]!r}; is --server-url "
+            "a vLLM OpenAI-compatible server (ending in /v1)?"
+        ) from None

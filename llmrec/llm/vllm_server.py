@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmrec.errors import ConfigError, LlmrecError
-from llmrec.llm.models import resolve_dtype, resolve_model
+from llmrec.errors import LlmrecError
+from llmrec.llm.models import check_adapter_folder, resolve_dtype, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ class VLLMServer:
         if self.adapters:
             argv += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--lora-modules"]
             for name, path in sorted(self.adapters.items()):
-                if not (Path(path) / "adapter_config.json").exists():
-                    raise ConfigError("has no adapter_config.json", parameter=f"adapter {name}", value=path)
+                check_adapter_folder(path, f"lora {name}")
                 argv.append(f"{name}={os.path.abspath(path)}")
         return argv + list(self.extra_args)
 
