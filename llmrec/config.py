@@ -139,6 +139,9 @@ class ModelConfig(Settings):
         "transformers", "LLM engine: transformers, vllm (in-process) or vllm-server (see serve-model)."
     )
     server_url: str | None = setting(None, "vllm-server: base URL (default http://127.0.0.1:8000/v1).")
+    connect_timeout_s: float = setting(5.0, "vllm-server: seconds to wait for a connection.")
+    read_timeout_s: float = setting(60.0, "vllm-server: seconds to wait for a reply.")
+    retries: int = setting(2, "vllm-server: retries after a failed or timed-out request.")
     quantization: Literal["none", "4bit", "8bit"] = setting("none", "none, 4bit or 8bit (bitsandbytes).")
     template: str = setting("listwise", "Prompt template: a name in prompts/ or a .jinja path.")
     max_prompt_tokens: int = setting(1024, "Prompt budget in tokens (history is cut first).")

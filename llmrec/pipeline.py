@@ -255,6 +255,11 @@ def build_reranker(config: ModelConfig) -> LLMReranker:
     engine_options = {
         "transformers": {"device": config.device, "dtype": config.dtype, "threads": config.threads},
         "vllm": {"dtype": config.dtype},
+        "vllm-server": {
+            "connect_timeout_s": config.connect_timeout_s,
+            "read_timeout_s": config.read_timeout_s,
+            "retries": config.retries,
+        },
     }.get(config.backend, {})
     return load_reranker(
         config.model,
