@@ -90,10 +90,10 @@ class DataConfig(Settings):
     )
     k_core: int = setting(5, "Iterative k-core on users and items (0 = off).")
     min_rating: float | None = setting(None, "Keep interactions with rating >= this.")
-    order: Literal["time+text", "time+id", "file"] = setting(
-        "time+text",
-        "Tie order of same-timestamp interactions: time+text (item ids as text, as the README's "
-        "numbers), time+id (numeric ids, as published MovieLens splits), file (file order).",
+    order: Literal["time+id", "time+text", "file"] = setting(
+        "time+id",
+        "Tie order of same-timestamp interactions: time+id (item ids compared as numbers when all "
+        "are integers, as published splits), time+text (ids as text, llmrec < 0.2), file (file order).",
     )
     source: str | None = setting(None, "Cross-domain: the source domain (cold-start users' history).")
     target: str | None = setting(None, "Cross-domain: the target domain whose items are ranked.")

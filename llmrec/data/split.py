@@ -8,11 +8,11 @@ keep everything in train and are not evaluated (their count is logged).
 
 Interactions with the same timestamp are ordered by ``order`` (:data:`SPLIT_ORDERS`):
 
-- ``"time+text"`` (default for now): by item id compared as text (``"1000"`` before
-  ``"98"``): the order every number in the README was measured with;
-- ``"time+id"``: by item id, compared as numbers when every item id of the catalog is an
-  integer (``"98"`` before ``"1000"``, as a numeric sort of MovieLens ``u.data`` /
-  ``ratings.csv`` gives), else as text: the order to compare with published splits;
+- ``"time+id"`` (default): by item id, compared as numbers when every item id of the
+  catalog is an integer (``"98"`` before ``"1000"``, as a numeric sort of MovieLens
+  ``u.data`` / ``ratings.csv`` gives, and published splits use), else as text;
+- ``"time+text"``: by item id compared as text (``"1000"`` before ``"98"``): the order of
+  llmrec before 0.2, which the README's LLM-stage rows on ml-latest-small were measured with;
 - ``"file"``: in the order the rows appear in the source file (a stable sort).
 
 ``"time+id"`` holds out another item than ``"time+text"`` for the users whose last two
@@ -89,7 +89,7 @@ class LeaveOneOutSplit:
 
 
 def leave_one_out(
-    data: RecDataset, domain: str | None = None, order: SplitOrder = "time+text"
+    data: RecDataset, domain: str | None = None, order: SplitOrder = "time+id"
 ) -> LeaveOneOutSplit:
     """Leave-one-out split of ``data`` (optionally of one domain's interactions only).
 
@@ -113,7 +113,7 @@ def item_id_rank(item_ids: np.ndarray, numeric: bool = True) -> np.ndarray:
 
 
 def user_sequences(
-    data: RecDataset, catalog: ItemCatalog, domain: str | None = None, order: SplitOrder = "time+text"
+    data: RecDataset, catalog: ItemCatalog, domain: str | None = None, order: SplitOrder = "time+id"
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sorted user ids and each user's item indices ordered by timestamp, ties broken by ``order``."""
     if order not in SPLIT_ORDERS:
@@ -219,7 +219,7 @@ def cross_domain_split(
     target: str,
     cold_fraction: float = 0.2,
     seed: int = 0,
-    order: SplitOrder = "time+text",
+    order: SplitOrder = "time+id",
 ) -> CrossDomainSplit:
     """Build the source -> target view (see :class:`CrossDomainSplit`); ``order`` breaks timestamp ties."""
     doms = data.domains
