@@ -142,6 +142,8 @@ def test_evaluate_with_rerank_combines_groups(ml_small_dir, smollm_dir):
     # users outside the retrieved subset keep their ranks: recall@20 cannot change
     assert row["metrics"]["recall@20"] == pytest.approx(retr["metrics"]["recall@20"])
     assert "rerank" in report["protocol"] and "sample" in report["protocol"]
+    llm_vs_retriever = [c for c in report["comparisons"] if c["baseline"] == "itemknn"]
+    assert {c["method"] for c in llm_vs_retriever} == set(group["rerank"]["rows"])
 
 
 def test_evaluate_fusion_weight_is_chosen_on_validation(ml_small_dir, smollm_dir):

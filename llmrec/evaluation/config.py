@@ -20,6 +20,7 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
     ks: list[int] = setting([5, 10, 20], "Cut-offs of NDCG@K / Recall@K.")
     retrieval_batch_size: int = setting(256, "Users scored at once by each generator.")
     max_users: int | None = setting(None, "Evaluate a seeded sample of this many users (per group).")
+    bootstrap: int = setting(1000, "Bootstrap resamples over users for CIs and paired comparisons (0 = off).")
     rerank: bool = setting(False, "Also evaluate the LLM reranking stage.")
     shuffles: list[int] = setting(
         [0], "Reranker variants, one row each: 0 = retriever order, N = mean over N shuffled orders."
@@ -48,5 +49,7 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
                 value=self.stage,
             )
         _positive(self, "max_users", "retrieval_batch_size")
+        if self.bootstrap < 0:
+            raise ConfigError("must be >= 0 (0 = off)", parameter="bootstrap", value=self.bootstrap)
         if any(k < 1 for k in self.ks):
             raise ConfigError("cut-offs must be >= 1", parameter="ks", value=self.ks)

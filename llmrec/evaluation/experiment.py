@@ -21,6 +21,7 @@ from llmrec.errors import ConfigError
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_users, summarize
+from llmrec.evaluation.stats import uncertainty
 from llmrec.pipeline import Recommender, build_reranker, build_retriever, prepare_data
 
 logger = logging.getLogger(__name__)
@@ -43,10 +44,28 @@ def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[s
         )
     if config.max_users is not None:
         protocol["sample"] = f"a seeded sample of at most {config.max_users} evaluated users per group"
+    ranks = {name: group.pop("per_user_ranks") for name, group in groups.items()}
+    rows, comparisons = [], []
+    if config.bootstrap:
+        baselines = {
+            method: config.retriever if method not in config.methods else _retrieval_baseline(method)
+            for group in ranks.values()
+            for method in group
+        }
+        rows, comparisons = uncertainty(
+            ranks, baselines, config.ks, config.num_candidates, config.bootstrap, config.seed
+        )
+        protocol["uncertainty"] = (
+            f"95% percentile bootstrap over users ({config.bootstrap} seeded resamples); comparisons are "
+            "paired (same resamples) against the retriever for LLM rows, popularity for retriever rows"
+        )
     return {
         "dataset": {"name": data.name, "source": data.source, **_brief_stats(data)},
         "protocol": protocol,
         "groups": groups,
+        "rows": rows,
+        "comparisons": comparisons,
+        "per_user_ranks": {g: {m: r.tolist() for m, r in by.items()} for g, by in ranks.items()},
         "config": config.to_dict(),
         "seed": config.seed,
         "log": data.log + log,
@@ -54,6 +73,10 @@ def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[s
         "elapsed_seconds": round(time.perf_counter() - started, 2),
         "complete": True,
     }
+
+
+def _retrieval_baseline(method: str) -> str | None:
+    return None if method == "popularity" else "popularity"
 
 
 def _brief_stats(data: RecDataset) -> dict[str, Any]:
@@ -117,9 +140,17 @@ def _evaluate_group(
         ranked_by[name] = ranked
         results[name] = summarize(name, ranked, n_eligible, config.ks, (config.num_candidates,))
     out: dict[str, Any] = {"users": len(targets), "methods": {n: r.to_dict() for n, r in results.items()}}
+    out["per_user_ranks"] = {n: r.ranks for n, r in ranked_by.items()}
     if reranker is not None:
         out["rerank"] = _rerank_rows(
-            reranker, ranked_by[config.retriever], histories, targets, config, fitted, validation
+            reranker,
+            ranked_by[config.retriever],
+            histories,
+            targets,
+            config,
+            fitted,
+            validation,
+            out["per_user_ranks"],
         )
     return out
 
@@ -136,8 +167,9 @@ class ValidationView:
 
 
 def _rerank_rows(
-    reranker, ranked: RankedUsers, histories, targets, config: EvalConfig, fitted, validation=None
+    reranker, ranked: RankedUsers, histories, targets, config: EvalConfig, fitted, validation, per_user: dict
 ) -> dict:
+    """The LLM rows of one group (their per-user ranks go into ``per_user``)."""
     from llmrec.evaluation.llm_stage import choose_weight, rerank_scores, summarize_rerank
     from llmrec.llm.reranker import RerankParams
 
@@ -163,6 +195,7 @@ def _rerank_rows(
         )
         result = scored.ranks(ranked, targets)
         rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {"shuffles": shuffles}
+        per_user[label] = result.ranks
         if v_ranked is None:
             continue
         v_recommender = Recommender(validation.retriever, reranker, config.num_candidates)
@@ -172,6 +205,7 @@ def _rerank_rows(
         fused = scored.ranks(ranked, targets, weight)
         fused_label = f"{label}, fused with retriever order (w={weight:g}, chosen on validation)"
         weight = weight if math.isfinite(weight) else "inf"  # JSON has no infinity
+        per_user[fused_label] = fused.ranks
         rows[fused_label] = summarize_rerank(fused_label, fused, ranked.ranks, config.ks) | {
             "shuffles": shuffles,
             "retriever_weight": weight,

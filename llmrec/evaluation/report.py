@@ -42,11 +42,44 @@ def markdown_report(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(row) + " |")
         if "rerank" in body:
             lines += _rerank_table(body, ks)
+        lines += _uncertainty_table(report, group)
         skipped = {n: i["skipped"] for n, i in body.get("fit", {}).items() if "skipped" in i}
         for name, why in skipped.items():
             lines.append(f"\n{name}: skipped ({why.splitlines()[0]})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _uncertainty_table(report: dict[str, Any], group: str, metric: str = "ndcg@10") -> list[str]:
+    """Mean [95% CI] of ``metric`` per method and its paired difference to the baseline; a
+    difference whose CI excludes 0 is marked with *."""
+    rows = [r for r in report.get("rows", []) if r["slice"] == group and r["metric"] == metric]
+    if not rows:
+        return []
+    diffs = {
+        c["method"]: c for c in report.get("comparisons", []) if c["slice"] == group and c["metric"] == metric
+    }
+    lines = [
+        "",
+        f"{metric} with 95% bootstrap CIs over users; paired difference to the baseline (* = CI excludes 0):",
+        "",
+        f"| method | {metric} [95% CI] | baseline | difference [95% CI] | p |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        c = diffs.get(r["method"])
+        cells = [r["method"], f"{r['mean']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"]
+        if c is None:
+            cells += ["-", "-", "-"]
+        else:
+            mark = "*" if c["ci_low"] > 0 or c["ci_high"] < 0 else ""
+            cells += [
+                c["baseline"],
+                f"{c['diff']:+.4f}{mark} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+                f"{c['p_value']:.3f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _rerank_table(body: dict[str, Any], ks: list[int]) -> list[str]:
