@@ -63,7 +63,8 @@ class Settings:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
 
 
-def _positive(config: Any, *names: str) -> None:
+def require_positive(config: Any, *names: str) -> None:
+    """ConfigError naming the first of ``names`` whose value is set and below 1."""
     for name in names:
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -122,7 +123,7 @@ class RetrieverConfig(Settings):
     num_candidates: int = setting(20, "Candidates per user: the retriever's top-K the LLM reranks.")
 
     def _validate(self) -> None:
-        _positive(self, "num_candidates")
+        require_positive(self, "num_candidates")
 
 
 @dataclass(kw_only=True)
@@ -153,7 +154,7 @@ class ModelConfig(Settings):
     batch_size: int = setting(8, "Prompts per forward pass.")
 
     def _validate(self) -> None:
-        _positive(self, "max_prompt_tokens", "batch_size", "threads")
+        require_positive(self, "max_prompt_tokens", "batch_size", "threads")
         apply_adapter_manifest(self)
 
 
@@ -199,7 +200,7 @@ class RecommendConfig(ModelConfig, RetrieverConfig, DataConfig):
     no_llm: bool = setting(False, "Skip the LLM: the retriever's list.")
 
     def _validate(self) -> None:
-        _positive(self, "n")
+        require_positive(self, "n")
         if self.retriever_weight < 0:
             raise ConfigError("must be >= 0", parameter="retriever_weight", value=self.retriever_weight)
 

@@ -3,7 +3,7 @@
 :class:`Recommender` is what ``llmrec recommend``, the LlamaRec-protocol evaluation, the
 in-training validation ranking and the benchmarks all call. It works on catalog indices;
 titles are looked up inside it, and the LLM's scores are fused with the retriever's order in
-one place (:meth:`Recommender.order`). Callers may pass candidates (e.g. a fixed list to
+one place (:func:`order_candidates`). Callers may pass candidates (e.g. a fixed list to
 evaluate the reranker alone) or have them retrieved.
 
 The ``build_*`` functions assemble the stages from the typed configs of :mod:`llmrec.config`.
@@ -115,6 +115,28 @@ def rerank_order(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -scores))
 
 
+def order_candidates(
+    candidates: Candidates, llm_scores: Sequence[np.ndarray] | None, retriever_weight: float
+) -> Ranking:
+    """Sort each candidate list by the LLM scores fused with the retriever order (the one
+    place fusion happens); without LLM scores, the retriever's order."""
+    n, k = candidates.items.shape
+    items = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), -np.inf)
+    ranks = np.zeros((n, k), dtype=np.int64)
+    for u in range(n):
+        valid = np.flatnonzero(candidates.items[u] >= 0)
+        if llm_scores is None:
+            final, order = candidates.scores[u, valid].astype(np.float64), np.arange(len(valid))
+        else:
+            final = fuse_with_retriever(llm_scores[u], retriever_weight)
+            order = rerank_order(final)
+        items[u, : len(order)] = candidates.items[u, valid[order]]
+        scores[u, : len(order)] = final[order]
+        ranks[u, : len(order)] = valid[order] + 1
+    return Ranking(items, scores, ranks, candidates.fallback)
+
+
 class Recommender:
     """A fitted candidate generator followed by an optional LLM reranker.
 
@@ -157,27 +179,6 @@ class Recommender:
         hist = [history_titles(h, self.catalog) for h in histories]
         return hist, [[self.catalog.titles[i] for i in row if i >= 0] for row in items]
 
-    def order(
-        self, candidates: Candidates, llm_scores: Sequence[np.ndarray] | None, retriever_weight: float
-    ) -> Ranking:
-        """Sort each candidate list by the LLM scores fused with the retriever order (the one
-        place fusion happens); without LLM scores, the retriever's order."""
-        n, k = candidates.items.shape
-        items = np.full((n, k), -1, dtype=np.int64)
-        scores = np.full((n, k), -np.inf)
-        ranks = np.zeros((n, k), dtype=np.int64)
-        for u in range(n):
-            valid = np.flatnonzero(candidates.items[u] >= 0)
-            if llm_scores is None:
-                final, order = candidates.scores[u, valid].astype(np.float64), np.arange(len(valid))
-            else:
-                final = fuse_with_retriever(llm_scores[u], retriever_weight)
-                order = rerank_order(final)
-            items[u, : len(order)] = candidates.items[u, valid[order]]
-            scores[u, : len(order)] = final[order]
-            ranks[u, : len(order)] = valid[order] + 1
-        return Ranking(items, scores, ranks, candidates.fallback)
-
     def rank(
         self,
         histories: Sequence[History],
@@ -188,7 +189,7 @@ class Recommender:
         """Rank ``candidates`` (retrieved when not given) for each history."""
         cands = candidates if candidates is not None else self.retrieve(histories, allowed)
         scores = None if self.reranker is None else self.llm_scores(histories, cands.items, params)
-        return self.order(cands, scores, self.retriever_weight)
+        return order_candidates(cands, scores, self.retriever_weight)
 
     def recommend(
         self,

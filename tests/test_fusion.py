@@ -3,15 +3,13 @@
 import numpy as np
 import pytest
 
-from llmrec.candidates import PopularityGenerator, TrainData
 from llmrec.candidates.base import Candidates
 from llmrec.config import RecommendConfig
-from llmrec.data.catalog import ItemCatalog
 from llmrec.errors import ConfigError
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.llm_stage import RerankScores, choose_weight
 from llmrec.evaluation.retrieval import RankedUsers
-from llmrec.pipeline import Recommender, fuse_with_retriever, rerank_order
+from llmrec.pipeline import fuse_with_retriever, rerank_order
 
 
 def test_zero_weight_keeps_the_llm_order_and_a_large_one_the_retriever_order():
@@ -38,11 +36,8 @@ def _scored(llm_rows, targets_pos):
     cands = np.array([[0, 1, 2], [3, 4, 5]])
     targets = np.array([cands[u, p] for u, p in enumerate(targets_pos)])
     ranked = RankedUsers(np.array(targets_pos) + 1, cands, np.zeros(2, bool), 0.0)
-    names = [f"item {i}" for i in range(6)]
-    catalog = ItemCatalog(np.array(names), names, names, np.array(["all"] * 6))
-    rec = Recommender(PopularityGenerator().fit(TrainData(catalog, [np.arange(6)])))
     candidates = Candidates(cands, np.zeros(cands.shape, np.float32), np.zeros(2, bool))
-    scored = RerankScores(rec, np.arange(2), candidates, [np.asarray(r, float) for r in llm_rows], 0.0, 2)
+    scored = RerankScores(np.arange(2), candidates, [np.asarray(r, float) for r in llm_rows], 0.0, 2)
     return scored, ranked, targets
 
 

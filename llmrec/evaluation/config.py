@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from llmrec.config import DataConfig, ModelConfig, RetrieverConfig, _positive, setting
+from llmrec.config import DataConfig, ModelConfig, RetrieverConfig, require_positive, setting
 from llmrec.errors import ConfigError
 
 DEFAULT_METHODS = ("popularity", "bm25", "itemknn", "mf", "ease", "fused")
@@ -48,7 +48,7 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
                 parameter="stage",
                 value=self.stage,
             )
-        _positive(self, "max_users", "retrieval_batch_size")
+        require_positive(self, "max_users", "retrieval_batch_size")
         if self.bootstrap < 0:
             raise ConfigError("must be >= 0 (0 = off)", parameter="bootstrap", value=self.bootstrap)
         if any(k < 1 for k in self.ks):

@@ -21,7 +21,7 @@ from llmrec.data.catalog import History
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import RankedUsers
 from llmrec.llm.reranker import RerankParams
-from llmrec.pipeline import Recommender
+from llmrec.pipeline import Recommender, order_candidates
 
 
 @dataclass
@@ -39,7 +39,6 @@ class RerankResult:
 class RerankScores:
     """The LLM's scores of the retrieved users' candidate lists (retriever order)."""
 
-    recommender: Recommender
     users: np.ndarray
     candidates: Candidates
     scores: list[np.ndarray]
@@ -49,7 +48,7 @@ class RerankScores:
     def ranks(self, ranked: RankedUsers, targets: np.ndarray, retriever_weight: float = 0.0) -> RerankResult:
         """Final 1-based ranks of every user with this fusion weight (0 = the LLM alone)."""
         final = ranked.ranks.copy()
-        ranking = self.recommender.order(self.candidates, self.scores, retriever_weight)
+        ranking = order_candidates(self.candidates, self.scores, retriever_weight)
         final[self.users] = ranking.rank_of(targets[self.users])
         retrieved = np.zeros(len(final), dtype=bool)
         retrieved[self.users] = True
@@ -69,7 +68,7 @@ def rerank_scores(
     seconds = time.perf_counter() - start
     listwise = recommender.reranker.template.task == "listwise"  # type: ignore[union-attr]
     n_prompts = len(users) * (max(1, params.shuffles) if listwise else k)
-    return RerankScores(recommender, users, cands, scores, seconds, n_prompts)
+    return RerankScores(users, cands, scores, seconds, n_prompts)
 
 
 def choose_weight(

@@ -38,12 +38,16 @@ def bootstrap_indices(n_users: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_users, size=(resamples, n_users))
 
 
-def mean_ci(values: np.ndarray, indices: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap confidence interval of ``values``."""
-    boot = resample_means(values, indices)
+def percentile_interval(boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap means ``boot``."""
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(boot, [tail, 1.0 - tail])
-    return float(np.mean(values)), float(low), float(high)
+    return float(low), float(high)
+
+
+def mean_ci(values: np.ndarray, indices: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap confidence interval of ``values``."""
+    return float(np.mean(values)), *percentile_interval(resample_means(values, indices), level)
 
 
 def paired_difference(
@@ -54,11 +58,10 @@ def paired_difference(
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     mean = float(diff.mean())
     boot = resample_means(diff, indices)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(boot, [tail, 1.0 - tail])
+    low, high = percentile_interval(boot, level)
     extreme = np.abs(boot - mean) >= abs(mean) - 1e-15
     p_value = float((1 + extreme.sum()) / (1 + len(boot))) if mean != 0 else 1.0
-    return mean, float(low), float(high), p_value
+    return mean, low, high, p_value
 
 
 def uncertainty(

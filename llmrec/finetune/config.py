@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.config import DataConfig, ModelConfig, RetrieverConfig, _positive, load_config, setting
+from llmrec.config import DataConfig, ModelConfig, RetrieverConfig, load_config, require_positive, setting
 from llmrec.errors import ConfigError
 
 CANDIDATE_ORDERS = ("shuffled", "retriever")
@@ -85,7 +85,7 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
             raise ConfigError(
                 "must be >= 0 (0 = no validation ranking)", parameter="eval_users", value=self.eval_users
             )
-        _positive(
+        require_positive(
             self,
             "lora_r",
             "lora_alpha",
