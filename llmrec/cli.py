@@ -54,12 +54,12 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     shown = ",".join(map(str, default)) if isinstance(default, list) else default
     help_text = f"{f.metadata.get('help', '')}  [default: {'none' if shown is None else shown}]"
-    if hint is bool:
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if base is bool:
         if f.name.startswith("no_"):
             return click.option(flag, f.name, is_flag=True, default=None, help=help_text)
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
     if typing.get_origin(base) is typing.Literal:
         click_type: Any = click.Choice(typing.get_args(base))
     else:
@@ -69,15 +69,15 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
 
 
 def config_options(cls: type[Settings], only: Sequence[str] = (), positional: Sequence[str] = ("dataset",)):
-    """Decorate a command with one option per field of ``cls`` (dict fields are YAML-only),
+    """Decorate a command with one option per field of ``cls`` (mappings are YAML-only),
     ``--config FILE``, and the ``positional`` fields as optional arguments."""
     hints = typing.get_type_hints(cls)
 
     def decorate(func: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):  # type: ignore[arg-type]
-            yaml_only = typing.get_origin(hints[f.name]) is dict and typing.get_args(hints[f.name]) != (
-                str,
-                str,
+            hint, args = typing.get_origin(hints[f.name]), typing.get_args(hints[f.name])
+            yaml_only = (hint is dict and args != (str, str)) or (
+                hint is list and typing.get_origin(args[0]) is dict
             )
             if (only and f.name not in only) or yaml_only:
                 continue
@@ -318,22 +318,64 @@ def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> No
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("eval/results/retrieval"),
     show_default=True,
-    help="Folder for report.json, report.md and report.png.",
+    help="Folder for report.json, report.md and the plots (a suite: eval/results/<suite name>).",
+)
+@click.option(
+    "--check",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A report folder this run must reproduce exactly (wall times and cache hits aside): exit 1 if not.",
 )
 @verbose_option
 @click.pass_context
-def evaluate(ctx, config_file, out, verbose, **values) -> None:
-    """Leave-one-out evaluation of the generators (and the LLM stage) against all items."""
+def evaluate(ctx, config_file, out, check, verbose, **values) -> None:
+    """Leave-one-out evaluation of the generators (and the LLM stage) against all items.
+
+    DATASET may be a suite file (eval/*.yaml): every run it names goes into one report, and
+    typed options override the suite's settings."""
+    import json as _json
+
     from llmrec.evaluation.experiment import run_evaluation
     from llmrec.evaluation.report import check_writable, markdown_report, write_report
+    from llmrec.evaluation.suite import differences, is_suite_file, load_suite, run_suite
 
     _setup_logging(verbose)
-    cfg = build(EvalConfig, ctx, config_file, values)
+    suite_file = values.get("dataset") if is_suite_file(values.get("dataset")) else None
+    if suite_file is not None:
+        overrides = {k: v for k, v in typed(ctx, values).items() if k != "dataset"}
+        if config_file is not None:
+            fail("give a suite file or --config, not both")
+        suite = run(lambda: load_suite(suite_file, overrides))
+        out = (
+            out
+            if ctx.get_parameter_source("out") == ParameterSource.COMMANDLINE
+            else Path("eval/results", suite.name)
+        )
+    else:
+        cfg = build(EvalConfig, ctx, config_file, values)
+    reference = None
+    if check is not None:
+        reference = run(lambda: _read_report(check))
     run(lambda: check_writable(out))
-    report = run(lambda: run_evaluation(cfg))
+    report = run(lambda: run_suite(suite) if suite_file is not None else run_evaluation(cfg))
     paths = run(lambda: write_report(report, out))
     click.echo(markdown_report(report))
     click.echo("written: " + ", ".join(str(p) for p in paths.values()))
+    if reference is not None:
+        written = _json.loads(paths["json"].read_text(encoding="utf-8"))
+        diff = differences(written, reference)
+        if diff:
+            click.secho(f"differs from {check}/report.json:", fg="red", err=True)
+            for line in diff:
+                click.echo(f"  {line}", err=True)
+            raise click.exceptions.Exit(1)
+        click.echo(f"identical to {check}/report.json (wall times and cache hits aside)")
+
+
+def _read_report(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "report.json"
+    if not path.is_file():
+        raise LlmrecError(f"--check: no report.json in {folder}")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @app.command()

@@ -66,3 +66,11 @@ def smollm_backend(smollm_dir):
     from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
 
     return TransformersBackend(TransformersConfig(model=str(smollm_dir), device="cpu", batch_size=4))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def eval_cache(tmp_path_factory) -> Path:
+    """Evaluation cache of this test session (not the user's ~/.cache/llmrec/eval)."""
+    folder = tmp_path_factory.mktemp("eval-cache")
+    os.environ["LLMREC_EVAL_CACHE"] = str(folder)
+    return folder

@@ -1,56 +1,85 @@
-"""``llmrec evaluate``: load -> clean -> split -> fit each generator -> rank -> report."""
+"""``llmrec evaluate``: load -> clean -> split -> fit each generator -> rank -> rerank -> report.
+
+Fitted generators, candidate lists and LLM scores go through an :class:`EvalCache` keyed by
+their inputs, so a second run of the same configuration is served from disk and a changed
+setting recomputes only what depends on it.
+"""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from llmrec import __version__
-from llmrec.candidates import make_generator
+from llmrec.candidates import load_generator, make_generator
 from llmrec.candidates.base import CandidateGenerator, TrainData
 from llmrec.data import cross_domain_split, leave_one_out
+from llmrec.data.catalog import History
 from llmrec.data.schema import RecDataset
 from llmrec.errors import ConfigError
+from llmrec.evaluation.cache import EvalCache, data_fingerprint, default_cache_dir, digest
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_users, summarize
+from llmrec.evaluation.slices import beyond_accuracy, user_slices
 from llmrec.evaluation.stats import uncertainty
-from llmrec.pipeline import Recommender, build_reranker, build_retriever, prepare_data
 
 logger = logging.getLogger(__name__)
 
+VOLATILE = ("elapsed_seconds", "timings", "cache")
+"""Report keys that differ between identical runs (wall times, cache hits); everything else
+is reproduced exactly by the same configuration and seed."""
 
-def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[str, Any]:
-    """Run the retrieval evaluation and return the report (a JSON-ready dict)."""
+
+def open_cache(config: EvalConfig) -> EvalCache:
+    """The cache a run of ``config`` uses (disabled with ``cache: false``)."""
+    return EvalCache(config.cache_dir or default_cache_dir()) if config.cache else EvalCache(None)
+
+
+def run_evaluation(
+    config: EvalConfig, data: RecDataset | None = None, cache: EvalCache | None = None
+) -> dict[str, Any]:
+    """Run the evaluation of ``config`` and return the report (a JSON-ready dict)."""
     started = time.perf_counter()
-    data = data if data is not None else prepare_data(config)
+    cache = cache if cache is not None else open_cache(config)
+    timings: dict[str, Any] = {}
+    if data is None:
+        from llmrec.pipeline import prepare_data
+
+        data = prepare_data(config)
+    run = _Run(config, cache, data_fingerprint(data), timings)
+    timings["data_seconds"] = round(time.perf_counter() - started, 3)
     if config.target is None:
-        groups, protocol, log = _single_domain(data, config)
+        groups, protocol, log = _single_domain(data, run)
     else:
-        groups, protocol, log = _cross_domain(data, config)
+        groups, protocol, log = _cross_domain(data, run)
     if config.rerank:
         protocol["rerank"] = (
-            f"{config.model} via {config.backend} ({config.template} template, one forward pass, "
-            "label log-probs) reranks "
-            f"the {config.retriever} top-{config.num_candidates} of users whose held-out item is in it; "
-            "the other users keep the retriever's rank; metrics = mean over all users (LlamaRec)"
+            f"each reranker ({', '.join(n for n, _ in run.rerankers)}) reads the {config.retriever} "
+            f"top-{config.num_candidates} of users whose held-out item is in it (one forward pass, "
+            "label log-probs); the other users keep the retriever's rank; metrics = mean over all "
+            "users (LlamaRec)"
         )
     if config.max_users is not None:
         protocol["sample"] = f"a seeded sample of at most {config.max_users} evaluated users per group"
-    ranks = {name: group.pop("per_user_ranks") for name, group in groups.items()}
+    ranks: dict[str, dict[str, np.ndarray]] = {}
+    for name, group in groups.items():
+        by_method = group.pop("per_user_ranks")
+        ranks[name] = by_method
+        for slice_name, mask in group.pop("slice_masks").items():
+            ranks[slice_name] = {m: r[mask] for m, r in by_method.items()}
     rows, comparisons = [], []
     if config.bootstrap:
         baselines = {
             method: config.retriever if method not in config.methods else _retrieval_baseline(method)
-            for group in ranks.values()
-            for method in group
+            for by_method in ranks.values()
+            for method in by_method
         }
         rows, comparisons = uncertainty(
             ranks, baselines, config.ks, config.num_candidates, config.bootstrap, config.seed
@@ -61,17 +90,35 @@ def run_evaluation(config: EvalConfig, data: RecDataset | None = None) -> dict[s
         )
     return {
         "dataset": {"name": data.name, "source": data.source, **_brief_stats(data)},
+        "fingerprint": run.fingerprint,
         "protocol": protocol,
+        "metrics": config.report_metrics(),
         "groups": groups,
         "rows": rows,
         "comparisons": comparisons,
+        "beyond_accuracy": [
+            {"slice": g, **entry} for g, body in groups.items() for entry in body.pop("beyond_accuracy")
+        ],
         "per_user_ranks": {g: {m: r.tolist() for m, r in by.items()} for g, by in ranks.items()},
         "config": config.to_dict(),
         "seed": config.seed,
         "log": data.log + log,
-        "versions": {"llmrec": __version__, "python": platform.python_version()},
+        "versions": _versions(),
         "elapsed_seconds": round(time.perf_counter() - started, 2),
+        "timings": timings,
+        "cache": {"folder": str(cache.root) if cache.root else None, **cache.stats},
         "complete": True,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import scipy
+
+    return {
+        "llmrec": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
     }
 
 
@@ -84,143 +131,298 @@ def _brief_stats(data: RecDataset) -> dict[str, Any]:
     return {k: stats[k] for k in ("users", "items_interacted", "interactions", "order_by", "domains")}
 
 
-def _fit_all(config: EvalConfig, train: TrainData) -> tuple[dict[str, CandidateGenerator], dict[str, Any]]:
-    fitted: dict[str, CandidateGenerator] = {}
-    info: dict[str, Any] = {}
-    for name in config.methods:
-        gen = make_generator(name, seed=config.seed, **config.generator_params.get(name, {}))
+@dataclass
+class _Run:
+    """What every step of one evaluation shares: config, cache, data fingerprint, timings."""
+
+    config: EvalConfig
+    cache: EvalCache
+    fingerprint: str
+    timings: dict[str, Any]
+    rerankers: list[tuple[str, EvalConfig]] = field(init=False)
+    _engines: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rerankers = self.config.reranker_configs()
+
+    def engine(self, name: str, cfg: EvalConfig) -> Any:
+        """The LLM reranker ``name``, loaded on first use (never when its scores are cached)."""
+        if name not in self._engines:
+            from llmrec.pipeline import build_reranker
+
+            start = time.perf_counter()
+            self._engines[name] = build_reranker(cfg)
+            self.timings.setdefault("model_load_seconds", {})[name] = round(time.perf_counter() - start, 2)
+        return self._engines[name]
+
+
+class FittedGenerators:
+    """The generators of one fit (a stage's training data), fitted or loaded from the cache on
+    first use; :meth:`key` identifies a generator's fit without fitting it."""
+
+    def __init__(self, run: _Run, train: TrainData, fit_key: str, label: str) -> None:
+        self.run, self.train, self.fit_key, self.label = run, train, fit_key, label
+        self._fitted: dict[str, CandidateGenerator | None] = {}
+        self.info: dict[str, Any] = {}
+
+    def _new(self, name: str) -> CandidateGenerator:
+        params = self.run.config.generator_params.get(name, {})
+        return make_generator(name, seed=self.run.config.seed, **params)
+
+    def key(self, name: str) -> str:
+        return digest("generator", self.fit_key, name, self._new(name).params(), self.run.config.seed)
+
+    def get(self, name: str) -> CandidateGenerator | None:
+        """The fitted generator, or None when it cannot fit this data (said in :attr:`info`)."""
+        if name in self._fitted:
+            return self._fitted[name]
+        gen = self._new(name)
         start = time.perf_counter()
+        cache = self.run.cache
+        hits = cache.stats.get("generators", {}).get("hits", 0)
         try:
-            gen.fit(train)
+            gen = cache.generator(
+                self.key(name), lambda: gen.fit(self.train), lambda p: load_generator(p, name)
+            )
         except ConfigError as err:
             # e.g. EASE on a catalog too large for a dense inverse: say so in the report.
             logger.warning("skipping %s: %s", name, err)
-            info[name] = {"skipped": str(err)}
-            continue
-        fitted[name] = gen
-        info[name] = {"fit_seconds": round(time.perf_counter() - start, 3), "params": _public_params(gen)}
-    return fitted, info
+            self.info[name] = {"skipped": str(err)}
+            self._fitted[name] = None
+            return None
+        cached = cache.stats.get("generators", {}).get("hits", 0) > hits
+        self.run.timings.setdefault("generators", {})[f"{self.label}:{name}"] = {
+            "seconds": round(time.perf_counter() - start, 3),
+            "cached": cached,
+        }
+        self._fitted[name] = gen
+        return gen
+
+    def params(self, name: str) -> dict[str, Any]:
+        return {k: v for k, v in self._new(name).params().items() if _scalar(v)}
 
 
-def _public_params(gen: CandidateGenerator) -> dict[str, Any]:
-    sig = inspect.signature(type(gen).__init__).parameters
-    out = {}
-    for name in sig:
-        if name == "self" or not hasattr(gen, name):
-            continue
-        value = getattr(gen, name)
-        if isinstance(value, (int, float, str, bool)) or value is None:
-            out[name] = value
-    return out
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def _histories_key(histories: list[History]) -> list[Any]:
+    return [[h.items for h in histories], [h.text for h in histories]]
+
+
+def ranked_users(
+    run: _Run,
+    generators: FittedGenerators,
+    name: str,
+    histories: list[History],
+    targets: np.ndarray,
+    allowed: np.ndarray | None,
+    desc: str,
+) -> RankedUsers | None:
+    """:func:`rank_users` of generator ``name`` through the cache (None: it cannot fit)."""
+    k = run.config.num_candidates
+    key = digest("ranked", generators.key(name), *_histories_key(histories), targets, allowed, k)
+
+    def compute() -> dict[str, np.ndarray]:
+        gen = generators.get(name)
+        if gen is None:
+            raise _Skipped
+        r = rank_users(gen, histories, targets, allowed, k, run.config.retrieval_batch_size, desc=desc)
+        return {"ranks": r.ranks, "candidates": r.candidates, "fallback": r.fallback, "seconds": r.seconds}
+
+    try:
+        arrays = run.cache.arrays("candidates", key, compute)
+    except _Skipped:
+        return None
+    return RankedUsers(arrays["ranks"], arrays["candidates"], arrays["fallback"], float(arrays["seconds"]))
+
+
+class _Skipped(Exception):
+    """A generator that cannot fit this data (nothing to cache)."""
 
 
 def _evaluate_group(
-    fitted: dict[str, CandidateGenerator],
+    run: _Run,
+    generators: FittedGenerators,
     histories: list,
     targets: np.ndarray,
     allowed: np.ndarray | None,
     n_eligible: int,
-    config: EvalConfig,
     group: str,
-    reranker: Any = None,
     validation: ValidationView | None = None,
 ) -> dict[str, Any]:
+    config = run.config
     results: dict[str, MethodResult] = {}
     ranked_by: dict[str, RankedUsers] = {}
-    for name, gen in fitted.items():
-        ranked = rank_users(
-            gen,
-            histories,
-            targets,
-            allowed,
-            config.num_candidates,
-            config.retrieval_batch_size,
-            desc=f"{group}:{name}",
-        )
+    for name in config.methods:
+        ranked = ranked_users(run, generators, name, histories, targets, allowed, f"{group}:{name}")
+        if ranked is None:
+            continue
         ranked_by[name] = ranked
         results[name] = summarize(name, ranked, n_eligible, config.ks, (config.num_candidates,))
     out: dict[str, Any] = {"users": len(targets), "methods": {n: r.to_dict() for n, r in results.items()}}
-    out["per_user_ranks"] = {n: r.ranks for n, r in ranked_by.items()}
-    if reranker is not None:
+    per_user = {n: r.ranks for n, r in ranked_by.items()}
+    top_lists = {n: r.candidates for n, r in ranked_by.items()}
+    if config.rerank and config.retriever in ranked_by:
         out["rerank"] = _rerank_rows(
-            reranker,
-            ranked_by[config.retriever],
-            histories,
-            targets,
-            config,
-            fitted,
-            validation,
-            out["per_user_ranks"],
+            run, generators, ranked_by[config.retriever], histories, targets, validation, per_user, top_lists
         )
+    out["per_user_ranks"] = per_user
+    train_counts = generators.train.item_counts()
+    out["slice_masks"] = {
+        f"{group}:{name}" if group != "all" else name: mask
+        for name, mask in user_slices(config, histories, targets, train_counts).items()
+    }
+    out["beyond_accuracy"] = beyond_accuracy(top_lists, train_counts, n_eligible, config.report_metrics())
     return out
 
 
 @dataclass
 class ValidationView:
-    """The same users one stage earlier, for choosing the fusion weight: the retriever fit
+    """The same users one stage earlier, for choosing the fusion weight: the generators fit
     without the validation items, their validation histories and items."""
 
-    retriever: CandidateGenerator
+    generators: FittedGenerators
     histories: list
     targets: np.ndarray
     allowed: np.ndarray | None
 
 
 def _rerank_rows(
-    reranker, ranked: RankedUsers, histories, targets, config: EvalConfig, fitted, validation, per_user: dict
+    run: _Run,
+    generators: FittedGenerators,
+    ranked: RankedUsers,
+    histories,
+    targets,
+    validation: ValidationView | None,
+    per_user: dict,
+    top_lists: dict,
 ) -> dict:
-    """The LLM rows of one group (their per-user ranks go into ``per_user``)."""
-    from llmrec.evaluation.llm_stage import choose_weight, rerank_scores, summarize_rerank
+    """The LLM rows of one group, every reranker (their per-user ranks go into ``per_user``,
+    their top lists into ``top_lists``)."""
+    from llmrec.evaluation.llm_stage import choose_weight, summarize_rerank
     from llmrec.llm.reranker import RerankParams
 
-    recommender = Recommender(fitted[config.retriever], reranker, config.num_candidates)
-    rows = {}
+    config = run.config
+    rows: dict[str, Any] = {}
     fusion: dict[str, Any] = {}
-    v_ranked = None  # the validation users' candidate lists, shared by every shuffles row
-    if validation is not None and config.fusion_weights:
-        v_ranked = rank_users(
-            validation.retriever,
+    v_ranked = None  # the validation users' candidate lists, shared by every reranker
+    if validation is not None and any(cfg.fusion_weights for _, cfg in run.rerankers):
+        v_ranked = ranked_users(
+            run,
+            validation.generators,
+            config.retriever,
             validation.histories,
             validation.targets,
             validation.allowed,
-            config.num_candidates,
-            config.retrieval_batch_size,
-            desc="valid:" + config.retriever,
+            "valid:" + config.retriever,
         )
-    for shuffles in config.shuffles:
-        params = RerankParams(shuffles=shuffles, seed=config.seed)
-        scored = rerank_scores(recommender, ranked, histories, params)
-        label = f"{config.retriever} + {config.model}" + (
-            f" (mean of {shuffles} shuffles)" if shuffles else ""
-        )
-        result = scored.ranks(ranked, targets)
-        rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {"shuffles": shuffles}
-        per_user[label] = result.ranks
-        if v_ranked is None:
-            continue
-        v_recommender = Recommender(validation.retriever, reranker, config.num_candidates)
-        v_scored = rerank_scores(v_recommender, v_ranked, validation.histories, params)
-        weights = sorted({0.0, *config.fusion_weights, math.inf})
-        weight, table = choose_weight(v_scored, v_ranked, validation.targets, weights)
-        fused = scored.ranks(ranked, targets, weight)
-        fused_label = f"{label}, fused with retriever order (w={weight:g}, chosen on validation)"
-        weight = weight if math.isfinite(weight) else "inf"  # JSON has no infinity
-        per_user[fused_label] = fused.ranks
-        rows[fused_label] = summarize_rerank(fused_label, fused, ranked.ranks, config.ks) | {
-            "shuffles": shuffles,
-            "retriever_weight": weight,
-        }
-        fusion[label] = {
-            "chosen_weight": weight,
-            "validation_users": len(validation.targets),
-            "validation_retrieved": int(len(v_scored.users)),
-            "validation_ndcg@10": {f"{w:g}": round(v, 4) for w, v in table.items()},
-            "validation_retriever_ndcg@10": round(summarize_ranks(v_ranked.ranks, [10])["ndcg@10"], 4),
-        }
-    out = {"retriever": config.retriever, "template": config.template, "rows": rows}
+    for name, cfg in run.rerankers:
+        for shuffles in cfg.shuffles:
+            params = RerankParams(shuffles=shuffles, seed=config.seed)
+            scored = cached_llm_scores(run, name, cfg, generators, ranked, histories, params)
+            label = f"{config.retriever} + {name}" + (f" (mean of {shuffles} shuffles)" if shuffles else "")
+            result = scored.ranks(ranked, targets)
+            rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {
+                "shuffles": shuffles,
+                "reranker": name,
+            }
+            per_user[label] = result.ranks
+            top_lists[label] = scored.top_lists(ranked)
+            if v_ranked is None or not cfg.fusion_weights:
+                continue
+            assert validation is not None
+            v_scored = cached_llm_scores(
+                run, name, cfg, validation.generators, v_ranked, validation.histories, params
+            )
+            weights = sorted({0.0, *cfg.fusion_weights, math.inf})
+            weight, table = choose_weight(v_scored, v_ranked, validation.targets, weights)
+            fused = scored.ranks(ranked, targets, weight)
+            fused_label = f"{label}, fused with retriever order (w={weight:g}, chosen on validation)"
+            top_lists[fused_label] = scored.top_lists(ranked, weight)
+            weight = weight if math.isfinite(weight) else "inf"  # JSON has no infinity
+            per_user[fused_label] = fused.ranks
+            rows[fused_label] = summarize_rerank(fused_label, fused, ranked.ranks, config.ks) | {
+                "shuffles": shuffles,
+                "reranker": name,
+                "retriever_weight": weight,
+            }
+            fusion[label] = {
+                "chosen_weight": weight,
+                "validation_users": len(validation.targets),
+                "validation_retrieved": int(len(v_scored.users)),
+                "validation_ndcg@10": {f"{w:g}": round(v, 4) for w, v in table.items()},
+                "validation_retriever_ndcg@10": round(summarize_ranks(v_ranked.ranks, [10])["ndcg@10"], 4),
+            }
+    out: dict[str, Any] = {
+        "retriever": config.retriever,
+        "template": ", ".join(sorted({cfg.template for _, cfg in run.rerankers})),
+        "rerankers": {
+            name: {
+                "model": cfg.model,
+                "adapter": cfg.adapter,
+                "template": cfg.template,
+                "backend": cfg.backend,
+            }
+            for name, cfg in run.rerankers
+        },
+        "rows": rows,
+    }
     if fusion:
         out["fusion"] = fusion
     return out
+
+
+def cached_llm_scores(
+    run: _Run,
+    name: str,
+    cfg: EvalConfig,
+    generators: FittedGenerators,
+    ranked: RankedUsers,
+    histories: list[History],
+    params: Any,
+):
+    """The LLM's scores of the retrieved users' lists, scored in chunks through the cache (an
+    interrupted run resumes at the first chunk not stored)."""
+    from tqdm.auto import tqdm
+
+    from llmrec.evaluation.llm_stage import RerankScores, reranker_fingerprint
+    from llmrec.llm.prompting import PromptTemplate
+    from llmrec.pipeline import Recommender
+
+    k = ranked.candidates.shape[1]
+    users = np.flatnonzero(ranked.ranks <= k)
+    items = ranked.candidates[users]
+    hist = [histories[u] for u in users]
+    key = digest(
+        "llm-scores", reranker_fingerprint(cfg), params.shuffles, params.seed, items, *_histories_key(hist)
+    )
+    retriever = generators.get(run.config.retriever)
+    assert retriever is not None
+
+    def compute(lo: int, hi: int) -> np.ndarray:
+        start = time.perf_counter()
+        recommender = Recommender(retriever, run.engine(name, cfg), k)
+        scores = recommender.llm_scores(hist[lo:hi], items[lo:hi], params)
+        out = np.full((hi - lo, k + 1), np.nan)
+        for i, s in enumerate(scores):
+            out[i, : len(s)] = s
+        out[:, k] = (time.perf_counter() - start) / (hi - lo)  # seconds per user, kept with the scores
+        return out
+
+    with tqdm(total=len(users), desc=f"LLM {name}", leave=False, disable=len(users) == 0) as bar:
+        matrix = run.cache.chunked_rows(
+            "llm-scores", key, len(users), 4 * cfg.batch_size, compute, bar.update
+        )
+    counts = (items >= 0).sum(axis=1)
+    scores = [matrix[i, : counts[i]] for i in range(len(users))]
+    seconds = float(matrix[:, k].sum()) if len(users) else 0.0
+    listwise = PromptTemplate.load(cfg.template).task == "listwise"
+    n_prompts = len(users) * (max(1, params.shuffles) if listwise else k)
+    from llmrec.candidates.base import Candidates
+
+    cands = Candidates(items, np.zeros(items.shape, dtype=np.float32), ranked.fallback[users])
+    return RerankScores(users, cands, scores, seconds, n_prompts)
 
 
 def _sample_users(users: np.ndarray, config: EvalConfig) -> np.ndarray:
@@ -230,28 +432,35 @@ def _sample_users(users: np.ndarray, config: EvalConfig) -> np.ndarray:
     return np.sort(rng.choice(users, size=config.max_users, replace=False))
 
 
-def _single_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, list[str]]:
+def _fit_info(generators: FittedGenerators, names: list[str]) -> dict[str, Any]:
+    return {n: generators.info.get(n) or {"params": generators.params(n)} for n in names}
+
+
+def _single_domain(data: RecDataset, run: _Run) -> tuple[dict, dict, list[str]]:
+    config = run.config
     split = leave_one_out(data, order=config.order)
-    train = TrainData(split.catalog, split.sequences(config.stage))
-    fitted, fit_info = _fit_all(config, train)
+    split_key = digest("loo", run.fingerprint, config.order)
+    generators = FittedGenerators(
+        run, TrainData(split.catalog, split.sequences(config.stage)), digest(split_key, config.stage), "all"
+    )
     all_users = split.eval_users(config.stage)
     users = _sample_users(all_users, config)
     targets = split.target(config.stage)[users]
-    reranker = build_reranker(config) if config.rerank else None
     histories = split.histories(config.stage, users)
     validation = None
-    if reranker is not None and config.fusion_weights:
+    if config.rerank and config.stage == "test":
         v_users = users[split.target("valid")[users] >= 0]
+        v_train = TrainData(split.catalog, split.sequences("valid"))
         validation = ValidationView(
-            build_retriever(config, TrainData(split.catalog, split.sequences("valid"))),
+            FittedGenerators(run, v_train, digest(split_key, "valid"), "valid"),
             split.histories("valid", v_users),
             split.target("valid")[v_users],
             None,
         )
-    group = _evaluate_group(
-        fitted, histories, targets, None, len(split.catalog), config, "all", reranker, validation
-    )
-    groups = {"all": {**group, "fit": fit_info, "eligible_users": len(all_users)}}
+    group = _evaluate_group(run, generators, histories, targets, None, len(split.catalog), "all", validation)
+    groups = {
+        "all": {**group, "fit": _fit_info(generators, config.methods), "eligible_users": len(all_users)}
+    }
     protocol = {
         "split": "leave-one-out by (timestamp, item id)"
         if data.order_by == "timestamp"
@@ -267,36 +476,47 @@ def _single_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, li
     return groups, protocol, split.log
 
 
-def _cross_domain(data: RecDataset, config: EvalConfig) -> tuple[dict, dict, list[str]]:
+def _cross_domain(data: RecDataset, run: _Run) -> tuple[dict, dict, list[str]]:
+    config = run.config
     assert config.source is not None and config.target is not None  # checked in EvalConfig
     cd = cross_domain_split(
         data, config.source, config.target, config.cold_fraction, config.seed, order=config.order
     )
-    train = TrainData(cd.catalog, cd.fit_sequences(config.stage))
-    fitted, fit_info = _fit_all(config, train)
+    split_key = digest(
+        "cross",
+        run.fingerprint,
+        config.source,
+        config.target,
+        config.cold_fraction,
+        config.seed,
+        config.order,
+    )
+    generators = FittedGenerators(
+        run, TrainData(cd.catalog, cd.fit_sequences(config.stage)), digest(split_key, config.stage), "fit"
+    )
     allowed = cd.catalog.domain_mask(config.target)
     n_eligible = int(allowed.sum())
     targets_all = cd.target_split.target(config.stage)
     groups: dict[str, Any] = {}
-    reranker = build_reranker(config) if config.rerank else None
-    v_retriever = None
-    if reranker is not None and config.fusion_weights:
-        v_retriever = build_retriever(config, TrainData(cd.catalog, cd.fit_sequences("valid")))
+    v_generators = None
+    if config.rerank and config.stage == "test":
+        v_train = TrainData(cd.catalog, cd.fit_sequences("valid"))
+        v_generators = FittedGenerators(run, v_train, digest(split_key, "valid"), "valid")
     for group in ("warm", "cold"):
         eligible = cd.users(group, config.stage)
         users = _sample_users(eligible, config)
         histories = cd.histories(group, config.stage, users)
         validation = None
-        if v_retriever is not None:
+        if v_generators is not None:
             v_targets = cd.target_split.target("valid")
             v_users = users[v_targets[users] >= 0]
             validation = ValidationView(
-                v_retriever, cd.histories(group, "valid", v_users), v_targets[v_users], allowed
+                v_generators, cd.histories(group, "valid", v_users), v_targets[v_users], allowed
             )
         groups[group] = _evaluate_group(
-            fitted, histories, targets_all[users], allowed, n_eligible, config, group, reranker, validation
+            run, generators, histories, targets_all[users], allowed, n_eligible, group, validation
         )
-        groups[group].update(fit=fit_info, eligible_users=len(eligible))
+        groups[group].update(fit=_fit_info(generators, config.methods), eligible_users=len(eligible))
     protocol = {
         "split": f"leave-one-out per user within {config.target!r} by ({data.order_by}, item id)",
         "stage": config.stage,

@@ -13,10 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from llmrec.candidates.base import Candidates
+from llmrec.config import ModelConfig
 from llmrec.data.catalog import History
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import RankedUsers
@@ -54,6 +57,14 @@ class RerankScores:
         retrieved[self.users] = True
         return RerankResult(final, retrieved, self.seconds, self.prompts, retriever_weight)
 
+    def top_lists(self, ranked: RankedUsers, retriever_weight: float = 0.0) -> np.ndarray:
+        """Every user's candidate list as shown: reordered for the scored users, the retriever's
+        order for the others."""
+        lists = ranked.candidates.copy()
+        if len(self.users):
+            lists[self.users] = order_candidates(self.candidates, self.scores, retriever_weight).items
+        return lists
+
 
 def rerank_scores(
     recommender: Recommender, ranked: RankedUsers, histories: Sequence[History], params: RerankParams
@@ -69,6 +80,36 @@ def rerank_scores(
     listwise = recommender.reranker.template.task == "listwise"  # type: ignore[union-attr]
     n_prompts = len(users) * (max(1, params.shuffles) if listwise else k)
     return RerankScores(users, cands, scores, seconds, n_prompts)
+
+
+def reranker_fingerprint(config: ModelConfig) -> dict[str, Any]:
+    """What decides an LLM's scores besides its input: model, adapter and template (by content
+    where they are files), engine, dtype and device as resolved on this machine, prompt budget."""
+    from llmrec.evaluation.cache import file_digest
+    from llmrec.llm.models import pick_device, resolve_dtype
+    from llmrec.llm.prompting import PromptTemplate
+
+    template = PromptTemplate.load(config.template)
+    device = pick_device(config.device) if config.backend == "transformers" else config.backend
+    out: dict[str, Any] = {
+        "model": config.model,
+        "backend": config.backend,
+        "server_url": config.server_url if config.backend == "vllm-server" else None,
+        "device": device,
+        "dtype": resolve_dtype(config.dtype, device if device != "vllm" else "cpu"),
+        "quantization": config.quantization,
+        "template": file_digest([template.path]) if template.path else template.body,
+        "max_prompt_tokens": config.max_prompt_tokens,
+    }
+    for name in ("model", "adapter"):
+        folder = Path(getattr(config, name) or "").expanduser()
+        if getattr(config, name) and folder.is_dir():
+            files = [p for p in folder.iterdir() if p.is_file()]
+            small = [p for p in files if p.stat().st_size < 64 << 20]
+            # Large weight files by name and size: hashing gigabytes per run would cost more
+            # than it protects.
+            out[f"{name}_files"] = [file_digest(small), sorted((p.name, p.stat().st_size) for p in files)]
+    return out
 
 
 def choose_weight(

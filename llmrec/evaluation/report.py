@@ -11,43 +11,131 @@ from llmrec.errors import ConfigError
 from llmrec.io import atomic_dir, jsonable
 
 
-def markdown_report(report: dict[str, Any]) -> str:
-    """Readable Markdown: what was run, then one metrics table per user group."""
+def markdown_report(report: dict[str, Any], title: str | None = None, level: int = 1) -> str:
+    """Readable Markdown of one run (or, for a suite report, every run): what was run, then
+    one metrics table per user group, the LLM rows, CIs and paired differences, slices."""
+    if "runs" in report:
+        return suite_markdown(report)
+    h = "#" * level
     ds = report["dataset"]
     proto = report["protocol"]
-    ks = report["config"]["ks"]
     cand_k = report["config"]["num_candidates"]
     lines = [
-        f"# Retrieval evaluation: {ds['name']}",
+        f"{h} {title or 'Evaluation: ' + ds['name']}",
         "",
         f"- data: `{ds['source']}` ({ds['users']} users, {ds['items_interacted']} items, "
-        f"{ds['interactions']} interactions after cleaning)",
+        f"{ds['interactions']} interactions after cleaning; fingerprint {report.get('fingerprint', '-')})",
     ]
     lines += [f"- {key}: {value}" for key, value in proto.items()]
-    lines += [f"- seed: {report['seed']}; elapsed: {report['elapsed_seconds']} s", ""]
-    metric_cols = [f"ndcg@{k}" for k in ks] + [f"recall@{k}" for k in ks] + ["mrr"]
-    header = ["method", *[c.replace("ndcg", "NDCG").replace("recall", "Recall") for c in metric_cols]]
-    header += [f"cand. Recall@{cand_k}", "user cov.", "item cov."]
+    lines += [f"- seed: {report['seed']}; {_timing_line(report)}", ""]
+    metric_cols = _table_metrics(report)
+    beyond = _beyond_by(report)
+    header = ["method", *[_metric_title(c) for c in metric_cols]]
+    beyond_cols = sorted({m for (_, _, m) in beyond}, key=lambda m: (m.split("@")[0], m))
+    header += [_metric_title(c) for c in beyond_cols] + ["user cov."]
     for group, body in report["groups"].items():
-        lines += [f"## Users: {group} ({body['users']})", ""]
+        lines += [f"{h}# Users: {group} ({body['users']})", ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for name, res in body["methods"].items():
-            row = [name] + [f"{res['metrics'][c]:.4f}" for c in metric_cols]
+            row = [name] + [_fmt(_method_metric(res, c, cand_k)) for c in metric_cols]
             row += [
-                f"{res['candidate_recall'][f'@{cand_k}']:.4f}",
-                f"{res['user_coverage']:.3f}",
-                f"{res['item_coverage']:.3f}",
+                _fmt(beyond.get((group, name, c)), digits=3 if "coverage" in c else 1) for c in beyond_cols
             ]
+            row += [f"{res['user_coverage']:.3f}"]
             lines.append("| " + " | ".join(row) + " |")
         if "rerank" in body:
-            lines += _rerank_table(body, ks)
+            lines += _rerank_table(body, report["config"]["ks"])
         lines += _uncertainty_table(report, group)
         skipped = {n: i["skipped"] for n, i in body.get("fit", {}).items() if "skipped" in i}
         for name, why in skipped.items():
             lines.append(f"\n{name}: skipped ({why.splitlines()[0]})")
         lines.append("")
+    lines += _slices_table(report, h)
     return "\n".join(lines)
+
+
+def suite_markdown(report: dict[str, Any]) -> str:
+    """Markdown of a suite report: its description, then every run."""
+    suite = report["suite"]
+    lines = [f"# Suite: {suite['name']}", ""]
+    if suite.get("description"):
+        lines += [suite["description"].strip(), ""]
+    lines += [
+        f"- runs: {', '.join(report['runs'])}; llmrec {report['versions']['llmrec']}; {_timing_line(report)}",
+        "- regenerate: `llmrec evaluate <suite file> --out <this folder>`; check a re-run against "
+        "it: `llmrec evaluate <suite file> --check <this folder>`",
+        "",
+    ]
+    for name, body in report["runs"].items():
+        lines.append(markdown_report(body, title=f"Run: {name}", level=2))
+    return "\n".join(lines)
+
+
+def _timing_line(report: dict[str, Any]) -> str:
+    cache = {k: v for k, v in report.get("cache", {}).items() if isinstance(v, dict)}
+    served = ", ".join(f"{kind} {v['hits']} cached / {v['misses']} computed" for kind, v in cache.items())
+    return f"wall time {report['elapsed_seconds']} s" + (f" (cache: {served})" if served else "")
+
+
+def _table_metrics(report: dict[str, Any]) -> list[str]:
+    metrics = report.get("metrics") or []
+    return [m for m in metrics if m.split("@")[0] not in ("coverage", "popularity")]
+
+
+def _metric_title(metric: str) -> str:
+    for short, long in (("cand_recall", "cand. Recall"), ("ndcg", "NDCG"), ("recall", "Recall")):
+        if metric.startswith(short + "@"):
+            return long + metric[len(short) :]
+    return metric.replace("mrr", "MRR").replace("coverage", "coverage").replace("popularity", "pop.")
+
+
+def _method_metric(res: dict[str, Any], metric: str, cand_k: int) -> float | None:
+    if metric.startswith("cand_recall@"):
+        return res["candidate_recall"].get("@" + metric.split("@")[1])
+    return res["metrics"].get(metric)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _beyond_by(report: dict[str, Any]) -> dict[tuple[str, str, str], float]:
+    return {(b["slice"], b["method"], b["metric"]): b["value"] for b in report.get("beyond_accuracy", [])}
+
+
+def _slices_table(report: dict[str, Any], h: str, metric: str = "ndcg@10") -> list[str]:
+    """NDCG@10 [CI] of every method per slice (slices beyond the groups)."""
+    groups = set(report["groups"])
+    rows = [r for r in report.get("rows", []) if r["slice"] not in groups and r["metric"] == metric]
+    if not rows:
+        return []
+    slices = list(dict.fromkeys(r["slice"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["slice"], r["method"]): r for r in rows}
+    marks = {
+        (c["slice"], c["method"]): "*"
+        for c in report.get("comparisons", [])
+        if c["metric"] == metric and (c["ci_low"] > 0 or c["ci_high"] < 0)
+    }
+    lines = [
+        f"{h}# Slices: {metric} [95% CI] (* = paired difference to the baseline excludes 0)",
+        "",
+        "| slice | users | " + " | ".join(methods) + " |",
+        "|---|---:|" + "---:|" * len(methods),
+    ]
+    for sl in slices:
+        users = next(r["users"] for r in rows if r["slice"] == sl)
+        cells = []
+        for m in methods:
+            r = cell.get((sl, m))
+            cells.append(
+                "-"
+                if r is None
+                else f"{r['mean']:.4f}{marks.get((sl, m), '')} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            )
+        lines.append(f"| {sl} | {users} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _uncertainty_table(report: dict[str, Any], group: str, metric: str = "ndcg@10") -> list[str]:
@@ -114,8 +202,9 @@ def _rerank_table(body: dict[str, Any], ks: list[int]) -> list[str]:
     return lines
 
 
-def plot_report(report: dict[str, Any], path: Path) -> Path | None:
-    """Bar chart of NDCG@10 and Recall@10 per method and group; None without matplotlib."""
+def plot_report(report: dict[str, Any], path: Path, metric: str = "ndcg@10") -> Path | None:
+    """Bar chart of ``metric`` per method with 95% CI error bars, one panel per group and
+    slice; None without matplotlib or without rows."""
     try:
         import matplotlib
 
@@ -123,28 +212,35 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    groups = report["groups"]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
-    for ax, (group, body) in zip(axes[0], groups.items()):
-        rows = {n: r["metrics"] for n, r in body["methods"].items()}
-        for row in body.get("rerank", {}).get("rows", {}).values():
-            name = "LLM rerank" + (f" x{row['shuffles']}" if row["shuffles"] else "")
-            if "retriever_weight" in row:
-                name += f" + fusion w={row['retriever_weight']}"
-            rows[name] = row["metrics"]
-        names = list(rows)
-        ndcg = [rows[n].get("ndcg@10", 0.0) for n in names]
-        rec = [rows[n].get("recall@10", 0.0) for n in names]
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], ndcg, width=0.4, label="NDCG@10")
-        ax.bar([x + 0.2 for x in xs], rec, width=0.4, label="Recall@10")
-        ax.set_xticks(list(xs), names, rotation=30, ha="right")
-        ax.set_title(f"{report['dataset']['name']}: {group} users ({body['users']})")
-        ax.legend()
+    rows = [r for r in report.get("rows", []) if r["metric"] == metric]
+    slices = list(dict.fromkeys(r["slice"] for r in rows))
+    if not slices:
+        return None
+    cols = min(3, len(slices))
+    n_rows = (len(slices) + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.8 * cols, 4.4 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(slices) :]:
+        ax.set_visible(False)
+    for ax, sl in zip(axes.ravel(), slices):
+        these = [r for r in rows if r["slice"] == sl]
+        names = [_short_label(r["method"]) for r in these]
+        means = [r["mean"] for r in these]
+        err = [[r["mean"] - r["ci_low"] for r in these], [r["ci_high"] - r["mean"] for r in these]]
+        colors = ["tab:orange" if " + " in r["method"] else "tab:blue" for r in these]
+        ax.bar(range(len(these)), means, yerr=err, capsize=3, color=colors)
+        ax.set_xticks(range(len(these)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(metric.replace("ndcg", "NDCG").replace("recall", "Recall") + " (95% CI)")
+        ax.set_title(f"{report['dataset']['name']}: {sl} ({these[0]['users']} users)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _short_label(method: str) -> str:
+    """LLM rows have long labels; keep the part a plot can show."""
+    label = method.replace(", fused with retriever order", " +fusion").replace(", chosen on validation", "")
+    return label if len(label) <= 40 else label[:37] + "..."
 
 
 def check_writable(out_dir: str | Path) -> Path:
@@ -161,8 +257,9 @@ def check_writable(out_dir: str | Path) -> Path:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
-    """Write ``stem.json``, ``stem.md`` and ``stem.png`` as one folder, atomically: a killed run
-    leaves the previous report whole, never a new JSON beside an older plot."""
+    """Write ``stem.json``, ``stem.md`` and the plots as one folder, atomically: a killed run
+    leaves the previous report whole, never a new JSON beside an older plot. A suite report
+    gets one plot per run (``stem-<run>.png``)."""
     out = Path(out_dir)
     names = {"json": f"{stem}.json", "markdown": f"{stem}.md"}
     with atomic_dir(out, marker=names["json"]) as tmp:
@@ -170,6 +267,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "repor
             json.dumps(report, indent=2, default=jsonable) + "\n", encoding="utf-8"
         )
         (tmp / names["markdown"]).write_text(markdown_report(report), encoding="utf-8")
-        if plot_report(report, tmp / f"{stem}.png") is not None:
-            names["plot"] = f"{stem}.png"
+        runs = report.get("runs", {"": report})
+        for run, body in runs.items():
+            name = f"{stem}-{_slug(run)}.png" if run else f"{stem}.png"
+            if plot_report(body, tmp / name) is not None:
+                names["plot" + (f":{run}" if run else "")] = name
     return {kind: out / name for kind, name in names.items()}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or "run"
