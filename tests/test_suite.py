@@ -144,3 +144,30 @@ def test_slices_and_beyond_accuracy():
     }
     assert got["coverage@2"] == pytest.approx(0.3)  # items 0, 1, 3 of 10
     assert got["popularity@1"] == pytest.approx(0.0)  # item 0 both times
+
+
+@pytest.mark.slow
+def test_llm_scores_are_cached_and_a_rerun_loads_no_model(tmp_path, ml_small_dir, smollm_dir):
+    from llmrec.evaluation.experiment import run_evaluation
+
+    config = EvalConfig(
+        dataset=str(ml_small_dir),
+        methods=["fused"],
+        max_users=40,
+        bootstrap=50,
+        rerankers=[
+            {"name": "zs", "template": "listwise_compact", "dtype": "float32", "fusion_weights": [1.0]},
+        ],
+        cache_dir=str(tmp_path),
+    )
+    first = json.loads(json.dumps(run_evaluation(config), default=float))
+    second = json.loads(json.dumps(run_evaluation(config), default=float))
+    assert "model_load_seconds" in first["timings"] and "model_load_seconds" not in second["timings"]
+    assert second["cache"]["llm-scores"]["misses"] == 0 and second["cache"]["llm-scores"]["hits"] == 2
+    assert differences(second, first) == []
+    labels = list(first["groups"]["all"]["rerank"]["rows"])
+    assert labels[0] == "fused + zs" and "fused with retriever order" in labels[1]
+    # another template is another key: scored anew, the retrieval part still cached
+    config.rerankers = [{"name": "zs", "template": "listwise", "dtype": "float32"}]
+    third = run_evaluation(config)
+    assert third["cache"]["llm-scores"]["misses"] == 1 and third["cache"]["candidates"]["misses"] == 0
