@@ -113,7 +113,7 @@ def test_chunked_scores_resume_after_an_interruption(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cache.chunked_rows("llm", "k", 10, 3, compute)
     calls.clear()
-    rows = cache.chunked_rows("llm", "k", 10, 3, compute)
+    rows, _ = cache.chunked_rows("llm", "k", 10, 3, compute)
     assert calls == [(6, 9), (9, 10)]  # the two stored chunks were not scored again
     np.testing.assert_array_equal(rows[:, 0], np.arange(10))
     calls.clear()

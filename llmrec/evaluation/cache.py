@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 """Part of every key: bumped when what an entry holds changes meaning."""
+_SECONDS = "_compute_seconds"
+"""Stored beside every entry: what computing it took."""
 
 
 def default_cache_dir() -> Path:
@@ -97,10 +99,13 @@ class EvalCache:
     def enabled(self) -> bool:
         return self.root is not None
 
-    def _count(self, kind: str, field: str, seconds: float = 0.0) -> None:
-        entry = self.stats.setdefault(kind, {"hits": 0, "misses": 0, "seconds": 0.0})
+    def _count(self, kind: str, field: str, seconds: float = 0.0, computed: float = 0.0) -> None:
+        """Count a hit or miss; ``seconds`` spent now, ``computed`` what computing it took (when
+        it was computed, for a hit), so a report can state both wall times."""
+        entry = self.stats.setdefault(kind, {"hits": 0, "misses": 0, "seconds": 0.0, "computed_seconds": 0.0})
         entry[field] += 1
         entry["seconds"] = round(entry["seconds"] + seconds, 3)
+        entry["computed_seconds"] = round(entry["computed_seconds"] + computed, 3)
 
     def folder(self, kind: str, key: str) -> Path | None:
         return None if self.root is None else self.root / kind / key
@@ -114,29 +119,35 @@ class EvalCache:
         if folder is not None and (folder / "arrays.npz").is_file():
             with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
                 out = {name: npz[name] for name in npz.files}
-            self._count(kind, "hits", time.perf_counter() - start)
+            computed = float(out.pop(_SECONDS, 0.0))
+            self._count(kind, "hits", time.perf_counter() - start, computed)
             return out
         out = compute()
+        seconds = time.perf_counter() - start
         if folder is not None:
             with atomic_dir(folder, marker="arrays.npz", keep_existing=True) as tmp:
-                np.savez(tmp / "arrays.npz", **out)
-        self._count(kind, "misses", time.perf_counter() - start)
+                np.savez(tmp / "arrays.npz", **out, **{_SECONDS: np.float64(seconds)})
+        self._count(kind, "misses", time.perf_counter() - start, seconds)
         return out
 
     def generator(self, key: str, fit: Callable[[], Any], load: Callable[[Path], Any]) -> Any:
         """A fitted generator stored under ``generators/key`` (saved with its ``save``)."""
         start = time.perf_counter()
         folder = self.folder("generators", key)
+        timing = None if folder is None else folder.parent / f"{key}.seconds"
         if folder is not None and (folder / "generator.json").is_file():
             gen = load(folder)
-            self._count("generators", "hits", time.perf_counter() - start)
+            computed = float(timing.read_text()) if timing.is_file() else 0.0
+            self._count("generators", "hits", time.perf_counter() - start, computed)
             return gen
         gen = fit()
+        seconds = time.perf_counter() - start
         if folder is not None:
             folder.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):  # a concurrent run saved it first
                 gen.save(folder)
-        self._count("generators", "misses", time.perf_counter() - start)
+            timing.write_text(f"{seconds:.3f}")
+        self._count("generators", "misses", time.perf_counter() - start, seconds)
         return gen
 
     def chunked_rows(
@@ -147,33 +158,42 @@ class EvalCache:
         chunk: int,
         compute: Callable[[int, int], np.ndarray],
         progress: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, float]:
         """Rows ``0..n_rows`` of a 2-D float array computed ``chunk`` rows at a time by
-        ``compute(lo, hi)``; each chunk is stored as it finishes, so a killed run resumes at the
-        first missing chunk. ``progress(rows)`` is called for every chunk, stored or computed."""
+        ``compute(lo, hi)``, and the seconds computing them took (measured when each chunk was
+        computed). Each chunk is stored as it finishes, so a killed run resumes at the first
+        missing chunk. ``progress(rows)`` is called for every chunk, stored or computed."""
         start = time.perf_counter()
         folder = self.folder(kind, key)
         parts: list[np.ndarray] = []
-        computed = 0
+        computed_rows = 0
+        compute_seconds = 0.0
         for lo in range(0, n_rows, chunk):
             hi = min(lo + chunk, n_rows)
-            path = None if folder is None else folder / f"rows-{lo:08d}-{hi:08d}.npy"
+            path = None if folder is None else folder / f"rows-{lo:08d}-{hi:08d}.npz"
             if path is not None and path.is_file():
-                parts.append(np.load(path, allow_pickle=False))
+                with np.load(path, allow_pickle=False) as npz:
+                    part, seconds = npz["rows"], float(npz[_SECONDS])
             else:
+                t0 = time.perf_counter()
                 part = np.asarray(compute(lo, hi))
-                computed += hi - lo
+                seconds = time.perf_counter() - t0
+                computed_rows += hi - lo
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-                    np.save(tmp, part, allow_pickle=False)
+                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+                    np.savez(tmp, rows=part, **{_SECONDS: np.float64(seconds)})
                     os.replace(tmp, path)
-                parts.append(part)
+            parts.append(part)
+            compute_seconds += seconds
             if progress is not None:
                 progress(hi - lo)
-        self._count(kind, "misses" if computed else "hits", time.perf_counter() - start)
-        if computed and computed < n_rows:
-            self.stats[kind]["resumed_rows"] = self.stats[kind].get("resumed_rows", 0) + n_rows - computed
+        field = "misses" if computed_rows else "hits"
+        self._count(kind, field, time.perf_counter() - start, compute_seconds)
+        if 0 < computed_rows < n_rows:
+            self.stats[kind]["resumed_rows"] = (
+                self.stats[kind].get("resumed_rows", 0) + n_rows - computed_rows
+            )
         if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate(parts, axis=0)
+            return np.zeros((0, 0), dtype=np.float64), 0.0
+        return np.concatenate(parts, axis=0), compute_seconds

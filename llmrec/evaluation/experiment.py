@@ -12,6 +12,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,7 @@ def run_evaluation(
             "paired (same resamples) against the retriever for LLM rows, popularity for retriever rows"
         )
     return {
-        "dataset": {"name": data.name, "source": data.source, **_brief_stats(data)},
+        "dataset": {"name": data.name, "source": _shown_path(data.source), **_brief_stats(data)},
         "fingerprint": run.fingerprint,
         "protocol": protocol,
         "metrics": config.report_metrics(),
@@ -109,6 +110,14 @@ def run_evaluation(
         "cache": {"folder": str(cache.root) if cache.root else None, **cache.stats},
         "complete": True,
     }
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working folder when it lies below it (reports travel)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
 
 
 def _versions() -> dict[str, str]:

@@ -75,7 +75,14 @@ def suite_markdown(report: dict[str, Any]) -> str:
 def _timing_line(report: dict[str, Any]) -> str:
     cache = {k: v for k, v in report.get("cache", {}).items() if isinstance(v, dict)}
     served = ", ".join(f"{kind} {v['hits']} cached / {v['misses']} computed" for kind, v in cache.items())
-    return f"wall time {report['elapsed_seconds']} s" + (f" (cache: {served})" if served else "")
+    if not served:
+        return f"wall time {report['elapsed_seconds']} s"
+    hits = sum(v["hits"] for v in cache.values())
+    saved = sum(v.get("computed_seconds", 0.0) - v["seconds"] for v in cache.values())
+    line = f"wall time {report['elapsed_seconds']} s (cache: {served})"
+    if hits:
+        line += f"; computing everything anew: about {report['elapsed_seconds'] + saved:.0f} s"
+    return line
 
 
 def _table_metrics(report: dict[str, Any]) -> list[str]:
@@ -121,7 +128,7 @@ def _slices_table(report: dict[str, Any], h: str, metric: str = "ndcg@10") -> li
     lines = [
         f"{h}# Slices: {metric} [95% CI] (* = paired difference to the baseline excludes 0)",
         "",
-        "| slice | users | " + " | ".join(methods) + " |",
+        "| slice | users | " + " | ".join(_short_label(m) for m in methods) + " |",
         "|---|---:|" + "---:|" * len(methods),
     ]
     for sl in slices:
@@ -240,7 +247,7 @@ def plot_report(report: dict[str, Any], path: Path, metric: str = "ndcg@10") -> 
 def _short_label(method: str) -> str:
     """LLM rows have long labels; keep the part a plot can show."""
     label = method.replace(", fused with retriever order", " +fusion").replace(", chosen on validation", "")
-    return label if len(label) <= 40 else label[:37] + "..."
+    return label if len(label) <= 48 else label[:45] + "..."
 
 
 def check_writable(out_dir: str | Path) -> Path:
