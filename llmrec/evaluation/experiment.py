@@ -70,11 +70,13 @@ def run_evaluation(
     if config.max_users is not None:
         protocol["sample"] = f"a seeded sample of at most {config.max_users} evaluated users per group"
     ranks: dict[str, dict[str, np.ndarray]] = {}
+    slice_users: dict[str, list[int]] = {}  # slice -> positions of its users in their group
     for name, group in groups.items():
         by_method = group.pop("per_user_ranks")
         ranks[name] = by_method
         for slice_name, mask in group.pop("slice_masks").items():
             ranks[slice_name] = {m: r[mask] for m, r in by_method.items()}
+            slice_users[slice_name] = np.flatnonzero(mask).tolist()
     rows, comparisons = [], []
     if config.bootstrap:
         baselines = {
@@ -100,7 +102,8 @@ def run_evaluation(
         "beyond_accuracy": [
             {"slice": g, **entry} for g, body in groups.items() for entry in body.pop("beyond_accuracy")
         ],
-        "per_user_ranks": {g: {m: r.tolist() for m, r in by.items()} for g, by in ranks.items()},
+        "per_user_ranks": {g: {m: r.tolist() for m, r in ranks[g].items()} for g in groups},
+        "slice_users": slice_users,
         "config": config.to_dict(),
         "seed": config.seed,
         "log": data.log + log,
@@ -406,26 +409,23 @@ def cached_llm_scores(
     key = digest(
         "llm-scores", reranker_fingerprint(cfg), params.shuffles, params.seed, items, *_histories_key(hist)
     )
-    retriever = generators.get(run.config.retriever)
-    assert retriever is not None
 
     def compute(lo: int, hi: int) -> np.ndarray:
-        start = time.perf_counter()
+        retriever = generators.get(run.config.retriever)  # only for its catalog (titles)
+        assert retriever is not None
         recommender = Recommender(retriever, run.engine(name, cfg), k)
         scores = recommender.llm_scores(hist[lo:hi], items[lo:hi], params)
-        out = np.full((hi - lo, k + 1), np.nan)
+        out = np.full((hi - lo, k), np.nan)
         for i, s in enumerate(scores):
             out[i, : len(s)] = s
-        out[:, k] = (time.perf_counter() - start) / (hi - lo)  # seconds per user, kept with the scores
         return out
 
     with tqdm(total=len(users), desc=f"LLM {name}", leave=False, disable=len(users) == 0) as bar:
-        matrix = run.cache.chunked_rows(
+        matrix, seconds = run.cache.chunked_rows(
             "llm-scores", key, len(users), 4 * cfg.batch_size, compute, bar.update
         )
     counts = (items >= 0).sum(axis=1)
     scores = [matrix[i, : counts[i]] for i in range(len(users))]
-    seconds = float(matrix[:, k].sum()) if len(users) else 0.0
     listwise = PromptTemplate.load(cfg.template).task == "listwise"
     n_prompts = len(users) * (max(1, params.shuffles) if listwise else k)
     from llmrec.candidates.base import Candidates

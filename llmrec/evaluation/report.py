@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "repor
     out = Path(out_dir)
     names = {"json": f"{stem}.json", "markdown": f"{stem}.md"}
     with atomic_dir(out, marker=names["json"]) as tmp:
-        (tmp / names["json"]).write_text(
-            json.dumps(report, indent=2, default=jsonable) + "\n", encoding="utf-8"
-        )
+        (tmp / names["json"]).write_text(report_json(report), encoding="utf-8")
         (tmp / names["markdown"]).write_text(markdown_report(report), encoding="utf-8")
         runs = report.get("runs", {"": report})
         for run, body in runs.items():
@@ -280,6 +279,25 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "repor
             if plot_report(body, tmp / name) is not None:
                 names["plot" + (f":{run}" if run else "")] = name
     return {kind: out / name for kind, name in names.items()}
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """Indented JSON, except long lists of numbers (per-user ranks), kept on one line each: an
+    indent per element would make a report of 9,000 users tens of megabytes."""
+    compact: list[str] = []
+
+    def fold(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: fold(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if len(value) > 16 and all(isinstance(v, (int, float)) for v in value):
+                compact.append(json.dumps(list(value), separators=(",", ":"), default=jsonable))
+                return f"\x00{len(compact) - 1}\x00"
+            return [fold(v) for v in value]
+        return value
+
+    text = json.dumps(fold(report), indent=2, default=jsonable)
+    return re.sub(r'"\\u0000(\d+)\\u0000"', lambda m: compact[int(m.group(1))], text) + "\n"
 
 
 def _slug(text: str) -> str:
