@@ -54,7 +54,7 @@ def run_evaluation(
         from llmrec.pipeline import prepare_data
 
         data = prepare_data(config)
-    run = _Run(config, cache, data_fingerprint(data), timings)
+    run = EvalRun(config, cache, data_fingerprint(data), timings)
     timings["data_seconds"] = round(time.perf_counter() - started, 3)
     if config.target is None:
         groups, protocol, log = _single_domain(data, run)
@@ -144,7 +144,7 @@ def _brief_stats(data: RecDataset) -> dict[str, Any]:
 
 
 @dataclass
-class _Run:
+class EvalRun:
     """What every step of one evaluation shares: config, cache, data fingerprint, timings."""
 
     config: EvalConfig
@@ -172,7 +172,7 @@ class FittedGenerators:
     """The generators of one fit (a stage's training data), fitted or loaded from the cache on
     first use; :meth:`key` identifies a generator's fit without fitting it."""
 
-    def __init__(self, run: _Run, train: TrainData, fit_key: str, label: str) -> None:
+    def __init__(self, run: EvalRun, train: TrainData, fit_key: str, label: str) -> None:
         self.run, self.train, self.fit_key, self.label = run, train, fit_key, label
         self._fitted: dict[str, CandidateGenerator | None] = {}
         self.info: dict[str, Any] = {}
@@ -223,7 +223,7 @@ def _histories_key(histories: list[History]) -> list[Any]:
 
 
 def ranked_users(
-    run: _Run,
+    run: EvalRun,
     generators: FittedGenerators,
     name: str,
     histories: list[History],
@@ -254,7 +254,7 @@ class _Skipped(Exception):
 
 
 def _evaluate_group(
-    run: _Run,
+    run: EvalRun,
     generators: FittedGenerators,
     histories: list,
     targets: np.ndarray,
@@ -301,7 +301,7 @@ class ValidationView:
 
 
 def _rerank_rows(
-    run: _Run,
+    run: EvalRun,
     generators: FittedGenerators,
     ranked: RankedUsers,
     histories,
@@ -386,7 +386,7 @@ def _rerank_rows(
 
 
 def cached_llm_scores(
-    run: _Run,
+    run: EvalRun,
     name: str,
     cfg: EvalConfig,
     generators: FittedGenerators,
@@ -445,7 +445,7 @@ def _fit_info(generators: FittedGenerators, names: list[str]) -> dict[str, Any]:
     return {n: generators.info.get(n) or {"params": generators.params(n)} for n in names}
 
 
-def _single_domain(data: RecDataset, run: _Run) -> tuple[dict, dict, list[str]]:
+def _single_domain(data: RecDataset, run: EvalRun) -> tuple[dict, dict, list[str]]:
     config = run.config
     split = leave_one_out(data, order=config.order)
     split_key = digest("loo", run.fingerprint, config.order)
@@ -485,7 +485,7 @@ def _single_domain(data: RecDataset, run: _Run) -> tuple[dict, dict, list[str]]:
     return groups, protocol, split.log
 
 
-def _cross_domain(data: RecDataset, run: _Run) -> tuple[dict, dict, list[str]]:
+def _cross_domain(data: RecDataset, run: EvalRun) -> tuple[dict, dict, list[str]]:
     config = run.config
     assert config.source is not None and config.target is not None  # checked in EvalConfig
     cd = cross_domain_split(

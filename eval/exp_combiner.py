@@ -1,0 +1,194 @@
+"""What does the LLM add to the retriever? A listwise linear combiner, measured.
+
+On the users of a suite's single-domain run, each retrieved user's fused top-K is rescored by
+a conditional-logit model (softmax over the list) over per-candidate features: the fused
+position, each fused component's score (z-scored within the list), training popularity, and
+the LLM's label log-probs (log-softmax over the list). The model is fit on the validation
+stage (generators fit without the validation items) and applied to the test stage; users
+whose held-out item was not retrieved keep the retriever's rank (LlamaRec protocol). Feature
+sets are ablated, each against the fused retriever by a paired bootstrap over all users.
+
+    python eval/exp_combiner.py eval/ml-latest-small.yaml --out eval/results/combiner.json
+
+Fitted generators, candidate lists and LLM scores come from the evaluation cache (a run of the
+suite fills it), so this takes seconds after `llmrec evaluate eval/ml-latest-small.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax
+
+from llmrec.candidates.base import TrainData
+from llmrec.data import leave_one_out
+from llmrec.evaluation.cache import data_fingerprint, digest
+from llmrec.evaluation.experiment import (
+    EvalRun,
+    FittedGenerators,
+    cached_llm_scores,
+    open_cache,
+    ranked_users,
+)
+from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
+from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
+from llmrec.evaluation.suite import load_suite
+from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.llm.reranker import RerankParams
+from llmrec.pipeline import prepare_data
+
+COMPONENTS = ("bm25", "itemknn", "mf", "ease")
+FEATURE_SETS = {
+    "retriever order": ["position"],
+    "retriever order + LLM (score fusion)": ["position", "llm"],
+    "components": ["position", *COMPONENTS, "popularity"],
+    "components + LLM": ["position", *COMPONENTS, "popularity", "llm"],
+    "components + LLM + LLM x short history": ["position", *COMPONENTS, "popularity", "llm", "llm_short"],
+}
+
+
+def _zscore(v: np.ndarray) -> np.ndarray:
+    return (v - v.mean(1, keepdims=True)) / (v.std(1, keepdims=True) + 1e-9)
+
+
+def stage_features(run: EvalRun, split, users: np.ndarray, stage: str, reranker, short: int) -> dict:
+    """Candidate lists, features and target positions of the retrieved users of ``stage``."""
+    name, cfg = reranker
+    split_key = digest("loo", run.fingerprint, run.config.order)
+    train = TrainData(split.catalog, split.sequences(stage))
+    gens = FittedGenerators(run, train, digest(split_key, stage), stage)
+    users = users if stage == "test" else users[split.target("valid")[users] >= 0]
+    hist = split.histories(stage, users)
+    targets = split.target(stage)[users]
+    ranked = ranked_users(run, gens, "fused", hist, targets, None, stage)
+    scored = cached_llm_scores(run, name, cfg, gens, ranked, hist, RerankParams(seed=run.config.seed))
+    fused = gens.get("fused")
+    sel, items = scored.users, ranked.candidates[scored.users]
+    shown = [hist[u] for u in sel]
+    feats: dict[str, np.ndarray] = {}
+    for comp in fused.generators:
+        s = comp.masked_scores(shown, exclude_history=True, allowed=None)
+        v = np.take_along_axis(s, np.maximum(items, 0), axis=1)
+        feats[comp.name] = _zscore(np.where(np.isfinite(v), v, 0.0))
+    k = items.shape[1]
+    feats["position"] = np.tile(np.log(1.0 / np.arange(1, k + 1)), (len(sel), 1))
+    feats["popularity"] = _zscore(np.log1p(fused.item_counts[np.maximum(items, 0)]))
+    feats["llm"] = np.stack([log_softmax(x) for x in scored.scores])
+    is_short = np.array([len(h.items) <= short for h in shown], dtype=float)[:, None]
+    feats["llm_short"] = feats["llm"] * is_short
+    target_pos = (items == targets[sel][:, None]).argmax(1)
+    return {"ranks": ranked.ranks, "sel": sel, "feats": feats, "target": target_pos}
+
+
+def fit_combiner(data: dict, names: list[str], l2: float) -> np.ndarray:
+    """Weights maximizing the log-likelihood of the held-out item's position (softmax over the
+    list) with an L2 penalty; starts from the retriever order."""
+    x = np.stack([data["feats"][n] for n in names], -1)
+    y, rows = data["target"], np.arange(len(data["target"]))
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        logp = log_softmax(x @ w, axis=1)
+        grad = -(x[rows, y] - (np.exp(logp)[..., None] * x).sum(1)).sum(0) + 2 * l2 * w
+        return float(-logp[rows, y].sum() + l2 * w @ w), grad
+
+    w0 = np.zeros(len(names))
+    w0[names.index("position")] = 1.0
+    return minimize(loss, w0, jac=True, method="L-BFGS-B").x
+
+
+def combined_ranks(data: dict, names: list[str], w: np.ndarray) -> np.ndarray:
+    """Every user's rank: reordered for the retrieved users, the retriever's for the others."""
+    scores = np.stack([data["feats"][n] for n in names], -1) @ w
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = data["ranks"].copy()
+    ranks[data["sel"]] = (order == data["target"][:, None]).argmax(1) + 1
+    return ranks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("eval/results/combiner.json"))
+    parser.add_argument("--l2", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--short", type=int, default=20, help="'short history' = at most this many items")
+    args = parser.parse_args(argv)
+    suite = load_suite(args.suite)
+    ((_, config),) = suite.run_configs()[:1]
+    start = time.perf_counter()
+    data = prepare_data(config)
+    run = EvalRun(config, open_cache(config), data_fingerprint(data), {})
+    split = leave_one_out(data, order=config.order)
+    users = split.eval_users("test")
+    reranker = run.rerankers[0]
+    valid = stage_features(run, split, users, "valid", reranker, args.short)
+    test = stage_features(run, split, users, "test", reranker, args.short)
+    base = ndcg_at_k(test["ranks"], 10)
+    idx = bootstrap_indices(len(base), config.bootstrap, config.seed)
+    rows = [{"features": "fused retriever", "ndcg@10": mean_ci(base, idx), "valid_ndcg@10": None}]
+    per_set: dict[tuple[str, ...], np.ndarray] = {}
+    for label, names in FEATURE_SETS.items():
+        fits = [(l2, fit_combiner(valid, names, l2)) for l2 in args.l2]
+        # the penalty with the best validation NDCG@10 (ties: the strongest penalty)
+        scored = [(ndcg_at_k(combined_ranks(valid, names, w), 10).mean(), l2, w) for l2, w in fits]
+        v_best, l2, w = max(scored, key=lambda t: (round(t[0], 12), t[1]))
+        ranks = combined_ranks(test, names, w)
+        nd = ndcg_at_k(ranks, 10)
+        per_set[tuple(names)] = nd
+        without = tuple(n for n in names if not n.startswith("llm"))
+        llm_adds = paired_difference(nd, per_set[without], idx) if without != tuple(names) else None
+        rows.append(
+            {
+                "features": label,
+                "l2": l2,
+                "weights": dict(zip(names, np.round(w, 4).tolist())),
+                "valid_ndcg@10": float(v_best),
+                "ndcg@10": mean_ci(nd, idx),
+                "recall@10": float(recall_at_k(ranks, 10).mean()),
+                "diff_vs_fused": paired_difference(nd, base, idx),
+                "llm_adds": llm_adds,
+            }
+        )
+    lines = [
+        f"Combiner over the fused top-{config.num_candidates} ({reranker[0]}): fit on {len(valid['sel'])} "
+        f"retrieved validation users, tested on all {len(base)} users ({len(test['sel'])} retrieved).",
+        "",
+        "| features | l2 | valid NDCG@10 | test NDCG@10 [95% CI] | difference vs fused [95% CI] | p "
+        "| what the LLM features add [95% CI] |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m, lo, hi = r["ndcg@10"]
+        d = r.get("diff_vs_fused")
+        diff = "-" if d is None else f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
+        p = "-" if d is None else f"{d[3]:.3f}"
+        valid_cell = "-" if r["valid_ndcg@10"] is None else f"{r['valid_ndcg@10']:.4f}"
+        a = r.get("llm_adds")
+        adds = "-" if a is None else f"{a[0]:+.4f} [{a[1]:+.4f}, {a[2]:+.4f}]"
+        cells = [
+            r["features"],
+            str(r.get("l2", "-")),
+            valid_cell,
+            f"{m:.4f} [{lo:.4f}, {hi:.4f}]",
+            diff,
+            p,
+            adds,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    for r in rows[1:]:
+        print(f"{r['features']}: weights {r['weights']}")
+    atomic_write_json(
+        args.out, {"suite": suite.name, "rows": rows, "seconds": round(time.perf_counter() - start, 1)}
+    )
+    atomic_write_text(args.out.with_suffix(".md"), table + "\n")
+    print(f"written: {args.out}, {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
