@@ -1,6 +1,7 @@
 """Write the README's result tables from the committed suite reports (eval/reports/*/report.json).
 
-Each table sits between ``<!-- report:SUITE[:RUN[:GROUP]] -->`` and ``<!-- /report -->`` in the
+Each table sits between ``<!-- report:SUITE[:RUN[:GROUP]] -->`` (or ``<!-- report:file:NAME.md -->``,
+a table an experiment script wrote there) and ``<!-- /report -->`` in the
 README; this script replaces what is between the markers with a table generated from the
 report, so no result in the README is typed by hand.
 
@@ -33,7 +34,10 @@ def _diff(c: dict | None) -> str:
 
 
 def table(reports: Path, spec: str) -> str:
-    """The Markdown table of ``SUITE[:RUN[:GROUP]]`` (run default: the only run; group: all)."""
+    """The Markdown table of ``SUITE[:RUN[:GROUP]]`` (run default: the only run; group: all),
+    or ``file:NAME.md``: a table an experiment script wrote into the reports folder."""
+    if spec.startswith("file:"):
+        return (reports / spec[len("file:") :]).read_text(encoding="utf-8")
     suite, _, rest = spec.partition(":")
     run_name, _, group = rest.partition(":")
     report = json.loads((reports / suite / "report.json").read_text(encoding="utf-8"))
