@@ -187,16 +187,7 @@ def _trainer_class() -> type:
             if not self.label_logits_only or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
-            labels = inputs["labels"][:, 1:]
-            rows, cols = (labels != -100).nonzero(as_tuple=True)
-            keep = torch.unique(cols)  # sorted positions whose hidden state predicts a label
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
-            picked = logits[rows, torch.searchsorted(keep, cols)].float()
-            targets = labels[rows, cols]
-            nll = torch.nn.functional.cross_entropy(picked, targets, reduction="sum")
-            denom = num_items_in_batch if num_items_in_batch is not None else max(len(targets), 1)
-            loss = nll / denom
+            loss, picked, targets = label_loss(model, inputs, num_items_in_batch)
             with torch.no_grad():
                 self._metrics[mode]["label_accuracy"].append(
                     (picked.argmax(-1) == targets).float().mean().item()
@@ -207,6 +198,24 @@ def _trainer_class() -> type:
             return loss
 
     return LlmrecSFTTrainer
+
+
+def label_loss(model: Any, inputs: dict[str, Any], num_items: int | None = None) -> tuple[Any, Any, Any]:
+    """Cross-entropy of the label tokens, projecting only their positions through the LM head:
+    (loss, the label positions' logits, the label token ids). ``inputs["labels"]`` is -100
+    everywhere but on the label tokens (trl's completion-only collator)."""
+    import torch
+
+    labels = inputs["labels"][:, 1:]
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    keep = torch.unique(cols)  # sorted positions whose hidden state predicts a label
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
+    picked = logits[rows, torch.searchsorted(keep, cols)].float()
+    targets = labels[rows, cols]
+    nll = torch.nn.functional.cross_entropy(picked, targets, reduction="sum")
+    denom = num_items if num_items is not None else max(len(targets), 1)
+    return nll / denom, picked, targets
 
 
 def _brief(metrics: dict[str, float]) -> str:
