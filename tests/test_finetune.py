@@ -462,8 +462,10 @@ def test_validation_ranking_keeps_the_best_checkpoint_and_stops_early(
 
 
 @pytest.mark.slow
-def test_finetune_cli_end_to_end(tmp_path, ml_small_dir, smollm_dir):
-    """`llmrec finetune` wires data -> retriever -> examples -> QLoRA -> adapter + manifest."""
+@pytest.mark.parametrize("extra", [[], ["--quantization", "none", "--dtype", "float32", "--loss", "labels"]])
+def test_finetune_cli_end_to_end(tmp_path, ml_small_dir, smollm_dir, extra):
+    """`llmrec finetune` wires data -> retriever -> examples -> QLoRA (or LoRA on a plain
+    base with the label softmax) -> adapter + manifest."""
     from click.testing import CliRunner
 
     from llmrec.cli import app
@@ -490,9 +492,48 @@ def test_finetune_cli_end_to_end(tmp_path, ml_small_dir, smollm_dir):
             "1",
             "--output-dir",
             str(out),
+            *extra,
         ],
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["train_users"] == 4
+    assert manifest["config"]["loss"] == ("labels" if extra else "vocab")
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_label_loss_over_the_vocabulary_or_the_label_tokens_matches_a_hand_computation():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmrec.finetune.trainer import label_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    ids = torch.tensor([[5, 6, 7, 31], [8, 9, 33, 0]])  # labels: 31 and 33 (second row padded)
+    labels = torch.tensor([[-100, -100, -100, 31], [-100, -100, 33, -100]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        "labels": labels,
+    }
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=inputs["attention_mask"]).logits
+        at = torch.stack([logits[0, 2], logits[1, 1]])  # the positions that predict the labels
+        vocab, _, _ = label_loss(model, inputs)
+        want = -torch.log_softmax(at, -1)[[0, 1], [31, 33]].mean()
+        assert torch.allclose(vocab, want, atol=1e-5)
+        label_ids = [30, 31, 32, 33]
+        restricted, picked, targets = label_loss(model, inputs, label_ids=label_ids)
+        want = -torch.log_softmax(at[:, label_ids], -1)[[0, 1], [1, 3]].mean()
+        assert torch.allclose(restricted, want, atol=1e-5) and targets.tolist() == [1, 3]
+        assert picked.shape == (2, 4) and restricted < vocab  # fewer competitors, lower loss

@@ -76,6 +76,11 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
     label_logits_only: bool = setting(
         True, "Project only the label positions through the LM head (the loss is on the label only)."
     )
+    loss: Literal["vocab", "labels"] = setting(
+        "vocab",
+        "vocab: cross-entropy of the answer label over the whole vocabulary; labels: over the "
+        "template's label tokens only, the softmax the reranker reads at inference.",
+    )
     sft_args: dict[str, Any] = setting({}, "Any other trl.SFTConfig field, passed through (YAML only).")
 
     def _validate(self) -> None:
@@ -113,6 +118,10 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
                 "leaving out cold-start users needs the target domain to tune on",
                 parameter="target",
                 value=None,
+            )
+        if self.loss == "labels" and not self.label_logits_only:
+            raise ConfigError(
+                "the label softmax needs label_logits_only: true", parameter="loss", value=self.loss
             )
         if not self.target_modules:
             raise ConfigError(

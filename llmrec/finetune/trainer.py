@@ -149,6 +149,7 @@ def _trainer_class() -> type:
             scoring_tokenizer: Any = None,
             label_logits_only: bool = True,
             eval_batch_size: int = 8,
+            label_softmax_ids: list[int] | None = None,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
@@ -164,6 +165,7 @@ def _trainer_class() -> type:
             self.scoring_tokenizer = scoring_tokenizer
             self.label_logits_only = label_logits_only
             self.eval_batch_size = eval_batch_size
+            self.label_softmax_ids = label_softmax_ids
             self.eval_seconds = 0.0
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -187,7 +189,7 @@ def _trainer_class() -> type:
             if not self.label_logits_only or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
-            loss, picked, targets = label_loss(model, inputs, num_items_in_batch)
+            loss, picked, targets = label_loss(model, inputs, num_items_in_batch, self.label_softmax_ids)
             with torch.no_grad():
                 self._metrics[mode]["label_accuracy"].append(
                     (picked.argmax(-1) == targets).float().mean().item()
@@ -200,10 +202,14 @@ def _trainer_class() -> type:
     return LlmrecSFTTrainer
 
 
-def label_loss(model: Any, inputs: dict[str, Any], num_items: int | None = None) -> tuple[Any, Any, Any]:
+def label_loss(
+    model: Any, inputs: dict[str, Any], num_items: int | None = None, label_ids: list[int] | None = None
+) -> tuple[Any, Any, Any]:
     """Cross-entropy of the label tokens, projecting only their positions through the LM head:
-    (loss, the label positions' logits, the label token ids). ``inputs["labels"]`` is -100
-    everywhere but on the label tokens (trl's completion-only collator)."""
+    (loss, the logits it is computed from, the targets). ``inputs["labels"]`` is -100
+    everywhere but on the label tokens (trl's completion-only collator). With ``label_ids``
+    (the template's label tokens) the softmax runs over those tokens only, as the reranker
+    reads them at inference; the targets are then positions in ``label_ids``."""
     import torch
 
     labels = inputs["labels"][:, 1:]
@@ -213,6 +219,10 @@ def label_loss(model: Any, inputs: dict[str, Any], num_items: int | None = None)
     logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
     picked = logits[rows, torch.searchsorted(keep, cols)].float()
     targets = labels[rows, cols]
+    if label_ids is not None:
+        ids = torch.as_tensor(label_ids, device=picked.device)
+        picked = picked[:, ids]
+        targets = (targets[:, None] == ids[None, :]).int().argmax(1)
     nll = torch.nn.functional.cross_entropy(picked, targets, reduction="sum")
     denom = num_items if num_items is not None else max(len(targets), 1)
     return nll / denom, picked, targets
@@ -294,6 +304,7 @@ def _finetune(
         scoring_tokenizer=tokenizer,
         label_logits_only=config.label_logits_only,
         eval_batch_size=config.batch_size,
+        label_softmax_ids=list(label_ids.values()) if config.loss == "labels" else None,
     )
     start_step, start_tokens = _resume_point(resume_from)
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
