@@ -106,7 +106,7 @@ def run_evaluation(
         "slice_users": slice_users,
         "config": config.to_dict(),
         "seed": config.seed,
-        "log": data.log + log,
+        "log": [line.replace(data.source, _shown_path(data.source)) for line in data.log + log],
         "versions": _versions(),
         "elapsed_seconds": round(time.perf_counter() - started, 2),
         "timings": timings,
