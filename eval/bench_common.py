@@ -41,7 +41,10 @@ def rerank_inputs(data: str, users: int, k: int, seed: int) -> RerankInputs:
 def timed_rerank(reranker, inputs: RerankInputs, params) -> tuple[dict, list]:
     """Score once under the clock: users/s, prompt tokens/s, and the scores."""
     rec = Recommender(inputs.retriever, reranker, num_candidates=inputs.candidates.items.shape[1])
-    prompts, _ = reranker.build_prompts(*rec.texts(inputs.histories, inputs.candidates.items), params)
+    items = inputs.candidates.items
+    prompts, _ = reranker.build_prompts(
+        *rec.texts(inputs.histories, items), params, rec.evidence(inputs.histories, items)
+    )
     tokens = sum(reranker.renderer.n_tokens(p) for p in prompts)
     start = time.perf_counter()
     scores = rec.llm_scores(inputs.histories, inputs.candidates.items, params)

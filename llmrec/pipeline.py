@@ -23,6 +23,7 @@ from llmrec.data.catalog import History, ItemCatalog
 from llmrec.errors import ConfigError
 
 if TYPE_CHECKING:
+    from llmrec.candidates.evidence import Evidence
     from llmrec.config import DataConfig, ModelConfig, RetrieverConfig
     from llmrec.data.schema import RecDataset
     from llmrec.llm.reranker import LLMReranker, RerankParams
@@ -170,7 +171,16 @@ class Recommender:
         """The LLM's score of each candidate (retriever order, padding dropped), per history."""
         if self.reranker is None:
             raise RuntimeError("this Recommender has no LLM reranker")
-        return self.reranker.score(*self.texts(histories, items), params)
+        return self.reranker.score(*self.texts(histories, items), params, self.evidence(histories, items))
+
+    def evidence(self, histories: Sequence[History], items: np.ndarray) -> list[Evidence] | None:
+        """What the retriever knows about each candidate, when the reranker's template shows it
+        (:func:`~llmrec.candidates.evidence.candidate_evidence`); else None."""
+        if self.reranker is None or not self.reranker.template.evidence:
+            return None
+        from llmrec.candidates.evidence import candidate_evidence
+
+        return candidate_evidence(self.generator, histories, items)
 
     def texts(
         self, histories: Sequence[History], items: np.ndarray

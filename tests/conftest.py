@@ -42,6 +42,16 @@ def ml_small_split(ml_small_dir):
 
 
 @pytest.fixture(scope="session")
+def retriever(ml_small_split):
+    """The fused retriever fit on ml-latest-small's training items only (validation-stage fit:
+    what training examples and in-training validation expect)."""
+    from llmrec.candidates import TrainData, make_generator
+
+    split = ml_small_split
+    return make_generator("fused").fit(TrainData(split.catalog, split.sequences("valid")))
+
+
+@pytest.fixture(scope="session")
 def smollm_dir() -> Path:
     """The offline default model, prepared once into the llmrec cache."""
     import importlib.util

@@ -42,13 +42,6 @@ TRAIN_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS":
 
 
 @pytest.fixture(scope="module")
-def retriever(ml_small_split):
-    """Fused retriever fit on training items only (what build_examples expects)."""
-    split = ml_small_split
-    return make_generator("fused").fit(TrainData(split.catalog, split.sequences("valid")))
-
-
-@pytest.fixture(scope="module")
 def renderer(smollm_tokenizer):
     return PromptRenderer(PromptTemplate.load("listwise"), smollm_tokenizer, 1024)
 
@@ -237,7 +230,9 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
 )
 def test_shipped_recipes_are_valid_configs(recipe):
     config = FinetuneConfig.from_yaml(recipe)
-    assert config.template in {"listwise", "listwise_compact"} and config.output_dir
+    assert PromptTemplate.load(config.template).task == "listwise" and config.output_dir
+    sft = config.to_sft_config("unused", use_cpu=True, bf16=False, evaluate=True)
+    assert sft.max_steps == config.max_steps
 
 
 def test_sft_config_trains_on_the_label_only(tmp_path):

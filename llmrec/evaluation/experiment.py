@@ -406,12 +406,13 @@ def cached_llm_scores(
     users = np.flatnonzero(ranked.ranks <= k)
     items = ranked.candidates[users]
     hist = [histories[u] for u in users]
-    key = digest(
-        "llm-scores", reranker_fingerprint(cfg), params.shuffles, params.seed, items, *_histories_key(hist)
-    )
+    key_parts = [reranker_fingerprint(cfg), params.shuffles, params.seed, items, *_histories_key(hist)]
+    if PromptTemplate.load(cfg.template).evidence:  # the prompt shows the retriever's scores
+        key_parts.append(generators.key(run.config.retriever))
+    key = digest("llm-scores", *key_parts)
 
     def compute(lo: int, hi: int) -> np.ndarray:
-        retriever = generators.get(run.config.retriever)  # only for its catalog (titles)
+        retriever = generators.get(run.config.retriever)  # titles, and evidence if shown
         assert retriever is not None
         recommender = Recommender(retriever, run.engine(name, cfg), k)
         scores = recommender.llm_scores(hist[lo:hi], items[lo:hi], params)

@@ -48,6 +48,11 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
         "shuffled: target + negatives in random order; retriever: the retriever's top list in its "
         "order, as at test time, only examples whose target it retrieves (needs hard_fraction 1).",
     )
+    retriever_before_targets: bool = setting(
+        False,
+        "Fit the retriever that picks training candidates (and their evidence) without each user's "
+        "last `windows` training items, the targets: as at test time, it has not seen what it ranks.",
+    )
     train_users: int | None = setting(None, "Few-shot: a seeded sample of this many users (default all).")
     eval_users: int = setting(64, "Validation users for the ranking metric (0 = none).")
     eval_steps: int | None = setting(None, "Validation NDCG@10 every N steps (default: none in training).")

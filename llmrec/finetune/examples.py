@@ -207,6 +207,26 @@ def _shuffled_candidates(
     return np.array([target, *negatives], dtype=np.int64)[rng.permutation(n_neg + 1)]
 
 
+def _evidence(
+    retriever: CandidateGenerator | None,
+    kept: list[tuple[int, int, History, np.ndarray]],
+    batch_size: int = 256,
+) -> list:
+    """The retriever's evidence for each example's candidates (see :mod:`llmrec.candidates.evidence`)."""
+    from llmrec.candidates.evidence import candidate_evidence
+
+    assert retriever is not None
+    out: list = []
+    for lo in tqdm(range(0, len(kept), batch_size), desc="evidence", leave=False):
+        chunk = kept[lo : lo + batch_size]
+        width = max(len(c) for *_, c in chunk)
+        items = np.full((len(chunk), width), -1, dtype=np.int64)
+        for r, (*_, cands) in enumerate(chunk):
+            items[r, : len(cands)] = cands
+        out += candidate_evidence(retriever, [h for _, _, h, _ in chunk], items)
+    return out
+
+
 def build_examples(
     source: LeaveOneOutSplit | CrossDomainSplit | Sequence[np.ndarray],
     catalog: ItemCatalog | None,
@@ -285,6 +305,12 @@ def build_examples(
         )
     if windows < 1:
         raise ConfigError("must be >= 1", parameter="windows", value=windows)
+    if renderer.template.evidence and retriever is None:
+        raise ConfigError(
+            f"template {renderer.template.name!r} shows the retriever's evidence; pass a fitted retriever",
+            parameter="retriever",
+            value=None,
+        )
     if candidate_order not in CANDIDATE_ORDERS:
         raise ConfigError(
             f"must be one of {', '.join(CANDIDATE_ORDERS)}",
@@ -320,8 +346,7 @@ def build_examples(
     retrieved = _hard_negatives(retriever, histories, depth, src.allowed)
     dropped = 0
 
-    rows: dict[str, list] = {c: [] for c in COLUMNS}
-    titles = src.catalog.titles
+    kept: list[tuple[int, int, History, np.ndarray]] = []
     for (u, pos), hist, hard_row in tqdm(
         zip(pairs, histories, retrieved), total=len(pairs), desc="examples", disable=not progress
     ):
@@ -330,15 +355,22 @@ def build_examples(
         banned = {int(i) for i in src.seen[u]} | {target}
         if in_retriever_order:
             # The user's other items (later train, validation, test) are not candidates.
-            kept = [i for i in hard_row.tolist() if i >= 0 and (i == target or i not in banned)]
-            if target not in kept[:num_candidates]:
+            row = [i for i in hard_row.tolist() if i >= 0 and (i == target or i not in banned)]
+            if target not in row[:num_candidates]:
                 dropped += 1
                 continue
-            cands = np.array(kept[:num_candidates], dtype=np.int64)
+            cands = np.array(row[:num_candidates], dtype=np.int64)
         else:
             cands = _shuffled_candidates(rng, target, hard_row, banned, pool, n_hard, n_neg, u)
+        kept.append((u, pos, hist, cands))
+    evidence = _evidence(retriever, kept) if renderer.template.evidence else [None] * len(kept)
+
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    titles = src.catalog.titles
+    for (u, pos, hist, cands), ev in zip(kept, evidence):
+        target = int(src.sequences[u][pos])
         label = labels[int(np.flatnonzero(cands == target)[0])]
-        prompt = renderer.render([titles[i] for i in hist.items], [titles[i] for i in cands])
+        prompt = renderer.render([titles[i] for i in hist.items], [titles[i] for i in cands], ev)
         rows["prompt"].append(prompt)
         rows["completion"].append(label)
         rows["user"].append(u)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrec.candidates import TrainData
+from llmrec.candidates import CandidateGenerator, TrainData, make_generator
 from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.schema import RecDataset
 from llmrec.data.split import LeaveOneOutSplit
@@ -41,7 +41,7 @@ def run_finetune(config: FinetuneConfig) -> Path:
     examples = build_examples(
         split,
         None,
-        retriever,
+        _example_retriever(split, retriever, config),
         renderer,
         num_candidates=config.num_candidates,
         hard_fraction=config.hard_fraction,
@@ -63,6 +63,22 @@ def run_finetune(config: FinetuneConfig) -> Path:
             max_prompt_tokens=config.max_prompt_tokens,
         )
     return finetune(config, examples, evaluator)
+
+
+def _example_retriever(
+    split: LeaveOneOutSplit, retriever: CandidateGenerator, config: FinetuneConfig
+) -> CandidateGenerator:
+    """The retriever that picks training candidates: the validation one, or with
+    ``retriever_before_targets`` one fit without each user's training targets (the last
+    ``windows`` training items), so the candidates and evidence of an example come from a
+    retriever that never saw its target, as at test time."""
+    if not config.retriever_before_targets:
+        return retriever
+    cut = [s[: max(len(s) - config.windows, 0)] for s in split.train]
+    logger.info("fitting the example retriever without the last %d training items per user", config.windows)
+    params = config.generator_params.get(config.retriever, {})
+    generator = make_generator(config.retriever, seed=config.seed, **params)
+    return generator.fit(TrainData(split.catalog, cut))
 
 
 def _training_users(data: RecDataset, split: LeaveOneOutSplit, config: FinetuneConfig) -> np.ndarray | None:

@@ -12,8 +12,10 @@ A template file starts with a Jinja comment holding a YAML header::
     ---#}
 
 The body renders the user message from ``history`` (titles, oldest first),
-``candidates`` (titles) and ``labels``. Rendering is pure: it needs a tokenizer
-(for the chat format and the token budget) but no model.
+``candidates`` (titles) and ``labels``; a template with ``evidence: true`` in its header
+also gets ``evidence``: per candidate, what the retriever knows about it
+(:func:`llmrec.candidates.evidence.candidate_evidence`: ``{signal: rank within the list}``).
+Rendering is pure: it needs a tokenizer (for the chat format and the token budget) but no model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import numpy as np
 import yaml
 
 from llmrec.errors import ConfigError, LlmrecError
@@ -64,6 +67,8 @@ class PromptTemplate:
     max_title_tokens: int = 32
     system: str = ""
     description: str = ""
+    evidence: bool = False
+    """The body shows retriever evidence per candidate; callers must pass it."""
     path: str = ""
     _compiled: jinja2.Template | None = field(default=None, repr=False)
 
@@ -99,7 +104,7 @@ class PromptTemplate:
             raise LlmrecError(f"{path}: template must start with a '{{#---' YAML header '---#}}' block")
         header: dict[str, Any] = yaml.safe_load(match.group(1)) or {}
         labels = [str(x) for x in header.pop("labels", [])]
-        known = {"name", "task", "max_history", "max_title_tokens", "system", "description"}
+        known = {"name", "task", "max_history", "max_title_tokens", "system", "description", "evidence"}
         unknown = set(header) - known
         if unknown:
             raise LlmrecError(f"{path}: unknown header field(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -110,8 +115,15 @@ class PromptTemplate:
         """Listwise: one label per candidate. Pointwise: one candidate per prompt."""
         return len(self.labels) if self.task == "listwise" else 1
 
-    def user_message(self, history: Sequence[str], candidates: Sequence[str]) -> str:
-        """The rendered body (already-sanitized titles)."""
+    def user_message(
+        self,
+        history: Sequence[str],
+        candidates: Sequence[str],
+        evidence: Sequence[dict[str, int]] | None = None,
+    ) -> str:
+        """The rendered body (already-sanitized titles; ``evidence``: one dict per candidate,
+        needed when the template shows it)."""
+        check_evidence(self, candidates, evidence)
         if len(candidates) > self.max_candidates:
             raise ConfigError(
                 f"template {self.name!r} has {self.max_candidates} labels",
@@ -120,8 +132,32 @@ class PromptTemplate:
             )
         assert self._compiled is not None
         return self._compiled.render(
-            history=list(history), candidates=list(candidates), labels=self.labels
+            history=list(history),
+            candidates=list(candidates),
+            labels=self.labels,
+            evidence=[dict(e) for e in evidence or []],
         ).strip()
+
+
+def check_evidence(
+    template: PromptTemplate, candidates: Sequence[str], evidence: Sequence[dict[str, int]] | None
+) -> None:
+    """An evidence template needs one evidence dict per candidate (ints only: nothing from
+    item text reaches the prompt through it)."""
+    if not template.evidence:
+        return
+    if evidence is None:
+        raise ConfigError(
+            f"template {template.name!r} shows the retriever's evidence per candidate; rank through a "
+            "Recommender (or pass evidence=candidate_evidence(...)), or pick a template without it",
+            parameter="template",
+            value=template.name,
+        )
+    if len(evidence) != len(candidates):
+        raise ValueError(f"{len(candidates)} candidates but {len(evidence)} evidence entries")
+    for e in evidence:
+        if not all(isinstance(v, int | np.integer) for v in e.values()):
+            raise ValueError(f"evidence values must be integers, got {e!r}")
 
 
 class PromptRenderer:
@@ -159,7 +195,12 @@ class PromptRenderer:
     def n_tokens(self, prompt: str) -> int:
         return len(self.tokenizer.encode(prompt, add_special_tokens=False))
 
-    def render(self, history: Sequence[str], candidates: Sequence[str]) -> str:
+    def render(
+        self,
+        history: Sequence[str],
+        candidates: Sequence[str],
+        evidence: Sequence[dict[str, int]] | None = None,
+    ) -> str:
         """Prompt for one user: newest ``max_history`` titles, all candidates, within the budget.
 
         Over budget, the oldest history titles go first; then titles are cut
@@ -169,7 +210,7 @@ class PromptRenderer:
         while True:
             hist = [self.clean_title(t, title_tokens) for t in list(history)[-self.template.max_history :]]
             cands = [self.clean_title(t, title_tokens) for t in candidates]
-            prompt = self._fit_history(hist, cands)
+            prompt = self._fit_history(hist, cands, evidence)
             if prompt is not None:
                 return prompt
             if title_tokens <= 4:
@@ -179,15 +220,17 @@ class PromptRenderer:
                 )
             title_tokens //= 2
 
-    def _fit_history(self, hist: list[str], cands: list[str]) -> str | None:
-        prompt = self.wrap(self.template.user_message(hist, cands))
+    def _fit_history(
+        self, hist: list[str], cands: list[str], evidence: Sequence[dict[str, int]] | None
+    ) -> str | None:
+        prompt = self.wrap(self.template.user_message(hist, cands, evidence))
         if self.n_tokens(prompt) <= self.max_prompt_tokens:
             return prompt
         lo, hi = 0, len(hist)  # binary search the number of oldest titles to drop
         best = None
         while lo <= hi:
             mid = (lo + hi) // 2
-            candidate = self.wrap(self.template.user_message(hist[mid:], cands))
+            candidate = self.wrap(self.template.user_message(hist[mid:], cands, evidence))
             if self.n_tokens(candidate) <= self.max_prompt_tokens:
                 best, hi = candidate, mid - 1
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,6 +18,9 @@ from tqdm.auto import tqdm
 from llmrec.errors import ConfigError
 from llmrec.llm.backend import ScoringBackend, label_token_ids
 from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+
+if TYPE_CHECKING:
+    from llmrec.candidates.evidence import Evidence
 
 
 @dataclass
@@ -58,16 +61,30 @@ class LLMReranker:
         self.label_ids = label_token_ids(backend.tokenizer, self.template.labels)
 
     def build_prompts(
-        self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]], params: RerankParams
+        self,
+        histories: Sequence[Sequence[str]],
+        candidates: Sequence[Sequence[str]],
+        params: RerankParams,
+        evidence: Sequence[Evidence] | None = None,
     ) -> tuple[list[str], list[tuple[int, np.ndarray]]]:
-        """Prompts plus, for each, (user index, candidate positions in label order)."""
+        """Prompts plus, for each, (user index, candidate positions in label order).
+
+        ``evidence``: per user, one dict per candidate (templates with ``evidence: true``).
+        """
         prompts: list[str] = []
         layout: list[tuple[int, np.ndarray]] = []
+        if evidence is not None and len(evidence) != len(candidates):
+            raise ValueError(f"{len(candidates)} candidate lists but {len(evidence)} evidence lists")
         for u, (hist, cands) in enumerate(zip(histories, candidates)):
             n = len(cands)
+            ev = None if evidence is None else evidence[u]
+
+            def shown(order: Sequence[int], ev=ev) -> list[dict[str, int]] | None:
+                return None if ev is None else [ev[i] for i in order]
+
             if self.template.task == "pointwise":
                 for c in range(n):
-                    prompts.append(self.renderer.render(hist, [cands[c]]))
+                    prompts.append(self.renderer.render(hist, [cands[c]], shown([c])))
                     layout.append((u, np.array([c])))
                 continue
             if n > len(self.template.labels):
@@ -84,7 +101,7 @@ class LLMReranker:
                 ]
             )
             for order in orders:
-                prompts.append(self.renderer.render(hist, [cands[i] for i in order]))
+                prompts.append(self.renderer.render(hist, [cands[i] for i in order], shown(order)))
                 layout.append((u, order))
         return prompts, layout
 
@@ -93,12 +110,17 @@ class LLMReranker:
         histories: Sequence[Sequence[str]],
         candidates: Sequence[Sequence[str]],
         params: RerankParams | None = None,
+        evidence: Sequence[Evidence] | None = None,
     ) -> list[np.ndarray]:
-        """Per user, one score per candidate (input order); higher = ranked higher."""
+        """Per user, one score per candidate (input order); higher = ranked higher.
+
+        ``evidence``: what the retriever knows per candidate, for templates that show it
+        (:meth:`llmrec.pipeline.Recommender.llm_scores` supplies it).
+        """
         params = params or RerankParams()
         if len(histories) != len(candidates):
             raise ValueError(f"{len(histories)} histories but {len(candidates)} candidate lists")
-        prompts, layout = self.build_prompts(histories, candidates, params)
+        prompts, layout = self.build_prompts(histories, candidates, params, evidence)
         scores = [np.zeros(len(c), dtype=np.float64) for c in candidates]
         counts = [np.zeros(len(c), dtype=np.float64) for c in candidates]
         bar = tqdm(
