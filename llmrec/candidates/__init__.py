@@ -13,6 +13,7 @@ from typing import Any
 
 from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData, param_names
 from llmrec.candidates.bm25 import BM25Generator
+from llmrec.candidates.crossdomain import CrossDomainEASEGenerator
 from llmrec.candidates.ease import EASEGenerator, PlainEASEGenerator
 from llmrec.candidates.embedding import EmbeddingGenerator
 from llmrec.candidates.fusion import FusedGenerator, default_components
@@ -33,6 +34,7 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         EASEGenerator,
         PlainEASEGenerator,
         EmbeddingGenerator,
+        CrossDomainEASEGenerator,
         FusedGenerator,
     )
 }
@@ -69,6 +71,7 @@ __all__ = [
     "BM25Generator",
     "CandidateGenerator",
     "Candidates",
+    "CrossDomainEASEGenerator",
     "EASEGenerator",
     "EmbeddingGenerator",
     "FusedGenerator",

@@ -1,0 +1,60 @@
+"""Cross-domain EASE: source items predict target items for users with no target history."""
+
+import numpy as np
+import pytest
+
+from llmrec.candidates import CrossDomainEASEGenerator, TrainData, load_generator
+from llmrec.data.catalog import History, ItemCatalog
+from llmrec.errors import ConfigError
+
+
+def _two_domains() -> TrainData:
+    """Arts items 0-3, office items 4-7. Users who buy arts item 0 buy office item 5, users of
+    arts item 1 buy office item 6; office item 4 is the most popular overall, bought by
+    everyone else; arts items 2-3 and office item 7 carry no cross-domain signal."""
+    rng = np.random.default_rng(0)
+    domains = np.asarray(["arts"] * 4 + ["office"] * 4, dtype=object)
+    catalog = ItemCatalog(
+        item_ids=np.asarray([f"i{i}" for i in range(8)], dtype=object),
+        titles=[f"item {i}" for i in range(8)],
+        texts=[""] * 8,
+        domains=domains,
+    )
+    seqs = [np.array([0, 2, 5]) for _ in range(10)] + [np.array([1, 3, 6]) for _ in range(10)]
+    seqs += [np.array([rng.integers(2, 4), 4]) for _ in range(30)]
+    seqs += [np.array([4, 7]) for _ in range(5)]  # office-only users teach no cross link
+    return TrainData(catalog, [s.astype(np.int64) for s in seqs])
+
+
+def test_source_items_rank_the_linked_target_item_first():
+    train = _two_domains()
+    gen = CrossDomainEASEGenerator(l2=1.0).fit(train)
+    office = train.catalog.domain_mask("office")
+    cands = gen.candidates([History(items=np.array([0])), History(items=np.array([1]))], k=2, allowed=office)
+    assert cands.items[:, 0].tolist() == [5, 6]  # not the popular item 4
+    assert not cands.fallback.any()
+    # Only cross-domain weights exist: an office history says nothing about office items.
+    assert not gen.score([History(items=np.array([5]))])[0, office].any()
+    assert gen.candidates([History(items=np.array([5]))], k=2, allowed=office).fallback[0]
+
+
+def test_save_load_and_single_domain_error(tmp_path):
+    train = _two_domains()
+    gen = CrossDomainEASEGenerator(l2=1.0, neighbors=2).fit(train)
+    assert (gen.weights.getnnz(axis=0) <= 2).all()  # neighbors kept per target item
+    histories = [History(items=np.array([0, 2])), History(items=np.array([3]))]
+    loaded = load_generator(gen.save(tmp_path / "cross"))
+    np.testing.assert_array_equal(loaded.score(histories), gen.score(histories))
+    one = TrainData(
+        ItemCatalog(
+            item_ids=train.catalog.item_ids,
+            titles=train.catalog.titles,
+            texts=train.catalog.texts,
+            domains=np.asarray(["x"] * 8, dtype=object),
+        ),
+        train.sequences,
+    )
+    with pytest.raises(ConfigError, match="at least two domains"):
+        CrossDomainEASEGenerator().fit(one)
+    with pytest.raises(ConfigError, match="l2"):
+        CrossDomainEASEGenerator(l2=0.0)
