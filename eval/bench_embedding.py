@@ -1,0 +1,93 @@
+"""Benchmark the embedding generator's item encoding: a whole catalog, then the same from the cache.
+
+The catalog is the dataset's full item table (no k-core), every item's text (title + other
+text fields) encoded by the sentence encoder; the second fit reads the vectors back from the
+on-disk cache. A fresh cache folder is used (``--cache-dir``, default a temporary one) so the
+first run really encodes.
+
+    python eval/bench_embedding.py --out eval/results/bench_embedding.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_train import cpu_flags, cpu_name
+
+from llmrec.candidates import EmbeddingGenerator, TrainData
+from llmrec.data import load_dataset
+from llmrec.data.catalog import ItemCatalog
+from llmrec.io import atomic_write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/amazon-arts-office")
+    parser.add_argument("--encoder", default="all-minilm-l6-v2")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-items", type=int, default=None, help="only the first N items (a quick run)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="cache root (default: a fresh temporary one)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("eval/results/bench_embedding.json"))
+    args = parser.parse_args(argv)
+    catalog = ItemCatalog.from_dataset(load_dataset(args.data))
+    if args.max_items:
+        keep = slice(0, args.max_items)
+        catalog = ItemCatalog(
+            catalog.item_ids[keep], catalog.titles[keep], catalog.texts[keep], catalog.domains[keep]
+        )
+    train = TrainData(catalog, [])
+    n = len(catalog)
+    chars = float(np.mean([len(catalog.item_text(i)) for i in range(n)]))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["LLMREC_CACHE"] = str(args.cache_dir or tmp)
+        start = time.perf_counter()
+        gen = EmbeddingGenerator(args.encoder, batch_size=args.batch_size)
+        gen._text_encoder()  # load the encoder outside the encoding time
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        gen.fit(train)
+        first_s = time.perf_counter() - start
+        start = time.perf_counter()
+        again = EmbeddingGenerator(args.encoder, batch_size=args.batch_size)
+        again._encoder = gen._encoder  # the cache is what is timed, not a second model load
+        again.fit(train)
+        cached_s = time.perf_counter() - start
+        assert np.array_equal(again.item_vectors, gen.item_vectors)
+    result = {
+        "benchmark": "embedding",
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "torch_threads": __import__("torch").get_num_threads(),
+        "data": args.data,
+        "encoder": args.encoder,
+        "items": n,
+        "mean_text_chars": round(chars, 1),
+        "batch_size": args.batch_size,
+        "encoder_load_s": round(load_s, 2),
+        "encode_s": round(first_s, 2),
+        "items_per_s": round(n / first_s, 1),
+        "cached_fit_s": round(cached_s, 3),
+        "speedup_cached": round(first_s / cached_s, 1),
+        "load_avg_after": os.getloadavg(),
+    }
+    print(
+        f"CPU: {result['cpu']} ({result['cores']} cores; {' '.join(result['cpu_flags'])})\n"
+        f"{n} items ({chars:.0f} chars each on average), encoder {args.encoder}: "
+        f"encoded in {first_s:.1f} s = {n / first_s:.0f} items/s; from the cache {cached_s:.2f} s "
+        f"({first_s / cached_s:.0f}x faster); encoder load {load_s:.1f} s"
+    )
+    atomic_write_json(args.out, result)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
