@@ -31,8 +31,8 @@ from llmrec.errors import ConfigError, LlmrecWarning
 # cross-ease needs two domains (tests/test_crossdomain.py); ml-latest-small has one.
 FACTORIES = {name: cls for name, cls in GENERATORS.items() if name != "cross-ease"}
 FACTORIES["mf-bpr"] = lambda: MFGenerator(model="bpr", iterations=10)
-TEXT_GENERATORS = {"bm25", "fused", "embedding"}
-LEXICAL_GENERATORS = {"bm25", "fused"}
+TEXT_GENERATORS = {"bm25", "fused", "fused-cross", "embedding"}
+LEXICAL_GENERATORS = {"bm25", "fused", "fused-cross"}
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +222,7 @@ def test_make_generator_and_errors():
         "embedding",
         "cross-ease",
         "fused",
+        "fused-cross",
     }
     for name, cls in GENERATORS.items():
         assert cls.name == name

@@ -58,3 +58,19 @@ def test_save_load_and_single_domain_error(tmp_path):
         CrossDomainEASEGenerator().fit(one)
     with pytest.raises(ConfigError, match="l2"):
         CrossDomainEASEGenerator(l2=0.0)
+
+
+def test_fused_cross_adds_the_links_for_cold_users_only():
+    from llmrec.candidates import CrossDomainFusedGenerator, FusedGenerator
+
+    train = _two_domains()
+    office = train.catalog.domain_mask("office")
+    cross = CrossDomainFusedGenerator().fit(train)
+    plain = FusedGenerator().fit(train)
+    assert [g.name for g in cross.generators][-1] == "cross-ease" and cross.weights[-1] == 4.0
+    cold = [History(items=np.array([0])), History(items=np.array([1]))]
+    assert cross.candidates(cold, k=1, allowed=office).items[:, 0].tolist() == [5, 6]
+    warm = [History(items=np.array([4])), History(items=np.array([7, 4]))]
+    np.testing.assert_array_equal(
+        cross.masked_scores(warm, True, office), plain.masked_scores(warm, True, office)
+    )

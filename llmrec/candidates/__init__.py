@@ -16,7 +16,7 @@ from llmrec.candidates.bm25 import BM25Generator
 from llmrec.candidates.crossdomain import CrossDomainEASEGenerator
 from llmrec.candidates.ease import EASEGenerator, PlainEASEGenerator
 from llmrec.candidates.embedding import EmbeddingGenerator
-from llmrec.candidates.fusion import FusedGenerator, default_components
+from llmrec.candidates.fusion import CrossDomainFusedGenerator, FusedGenerator, default_components
 from llmrec.candidates.itemknn import ItemKNNGenerator
 from llmrec.candidates.mf import MFGenerator
 from llmrec.candidates.persistence import load_generator
@@ -36,6 +36,7 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         EmbeddingGenerator,
         CrossDomainEASEGenerator,
         FusedGenerator,
+        CrossDomainFusedGenerator,
     )
 }
 """Generator classes by their ``name`` (the value CLI flags and configs use)."""
@@ -72,6 +73,7 @@ __all__ = [
     "CandidateGenerator",
     "Candidates",
     "CrossDomainEASEGenerator",
+    "CrossDomainFusedGenerator",
     "EASEGenerator",
     "EmbeddingGenerator",
     "FusedGenerator",
