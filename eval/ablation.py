@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         v_ranks, t_ranks, fitted = row_ranks(row, valid, test, args.l2)
         out = {"row": row.__dict__, "fit_on_validation": fitted}
         for stage, data_, ranks in (("valid", valid, v_ranks), ("test", test, t_ranks)):
-            nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(data_["ranks"], 10)
+            nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(data_["ranked"].ranks, 10)
             if stage in base:  # every suite shares the split and retriever: check, do not assume
                 assert np.array_equal(base[stage], ref), f"{row.suite}: a different retriever on {stage}"
             base[stage] = ref

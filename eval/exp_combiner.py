@@ -82,7 +82,6 @@ def stage_features(run: EvalRun, split, users: np.ndarray, stage: str, reranker,
     feats["llm_short"] = feats["llm"] * is_short
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
-        "ranks": ranked.ranks,
         "sel": sel,
         "feats": feats,
         "target": target_pos,
@@ -120,7 +119,7 @@ def combined_ranks(data: dict, names: list[str], w: np.ndarray) -> np.ndarray:
     """Every user's rank: reordered for the retrieved users, the retriever's for the others."""
     scores = np.stack([data["feats"][n] for n in names], -1) @ w
     order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = data["ranks"].copy()
+    ranks = data["ranked"].ranks.copy()
     ranks[data["sel"]] = (order == data["target"][:, None]).argmax(1) + 1
     return ranks
 
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
     valid = stage_features(run, split, users, "valid", reranker, args.short)
     test = stage_features(run, split, users, "test", reranker, args.short)
-    base = ndcg_at_k(test["ranks"], 10)
+    base = ndcg_at_k(test["ranked"].ranks, 10)
     idx = bootstrap_indices(len(base), config.bootstrap, config.seed)
     rows = [{"features": "fused retriever", "ndcg@10": mean_ci(base, idx), "valid_ndcg@10": None}]
     per_set: dict[tuple[str, ...], np.ndarray] = {}

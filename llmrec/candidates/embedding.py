@@ -61,15 +61,13 @@ class TextEncoder:
 
     def fingerprint(self) -> str:
         """What decides the vectors besides the texts: the model's files (by content when local)."""
-        h = hashlib.sha256(f"{self.max_length}".encode())
+        from llmrec.evaluation.cache import digest, file_digest
+
         folder = Path(self.path)
-        if folder.is_dir():
-            for p in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
-                h.update(p.name.encode())
-                h.update(hashlib.sha256(p.read_bytes()).digest())
-        else:
-            h.update(self.path.encode())
-        return h.hexdigest()[:20]
+        if not folder.is_dir():
+            return digest("encoder", self.max_length, self.path)
+        files = [*folder.glob("*.json"), *folder.glob("*.safetensors")]
+        return digest("encoder", self.max_length, file_digest(files))
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """``len(texts) x dim`` float32 unit vectors, in order."""

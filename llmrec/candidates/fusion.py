@@ -79,7 +79,10 @@ class FusedGenerator(CandidateGenerator):
         if depth < 1:
             raise ConfigError("must be >= 1", parameter="depth", value=depth)
         generators_given = generators
-        generators = default_components(seed) if generators is None else list(generators)
+        if generators is None:
+            generators, default_weights = self._defaults(seed)
+            weights = default_weights if weights is None else weights
+        generators = list(generators)
         if not generators:
             raise ConfigError("needs at least one component", parameter="generators", value=generators)
         for g in generators:
@@ -105,6 +108,11 @@ class FusedGenerator(CandidateGenerator):
         self.active: list[bool] | None = None
         """Per component, whether it was fitted and is used (default components that cannot
         handle the catalog, e.g. EASE above ``max_items``, are skipped with a warning)."""
+
+    @classmethod
+    def _defaults(cls, seed: int) -> tuple[list[CandidateGenerator], list[float] | None]:
+        """Components (and weights, None = 1 each) used when none are given."""
+        return default_components(seed), None
 
     def _fit(self, train: TrainData) -> None:
         active = []
@@ -207,20 +215,9 @@ class CrossDomainFusedGenerator(FusedGenerator):
 
     name = "fused-cross"
 
-    def __init__(
-        self,
-        generators: list[CandidateGenerator] | None = None,
-        weights: list[float] | None = None,
-        method: str = "weighted",
-        rrf_k: float = 60.0,
-        depth: int = 100,
-        seed: int = 0,
-    ) -> None:
-        defaults = generators is None
-        if defaults:
-            from llmrec.candidates.crossdomain import CrossDomainEASEGenerator
+    @classmethod
+    def _defaults(cls, seed: int) -> tuple[list[CandidateGenerator], list[float] | None]:
+        from llmrec.candidates.crossdomain import CrossDomainEASEGenerator
 
-            generators = [*default_components(seed), CrossDomainEASEGenerator()]
-            weights = [1.0] * (len(generators) - 1) + [4.0] if weights is None else weights
-        super().__init__(generators, weights, method, rrf_k, depth, seed)
-        self._default_components = defaults
+        generators = [*default_components(seed), CrossDomainEASEGenerator()]
+        return generators, [1.0] * (len(generators) - 1) + [4.0]
