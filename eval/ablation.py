@@ -3,7 +3,8 @@
 Every row is one setting of the levers of the reranking stage on ml-latest-small (LlamaRec's
 protocol, all users): evidence in the prompt (off / on), training (zero-shot / LoRA-tuned),
 how the LLM's scores are combined with the retriever (alone / fixed score fusion / a learned
-listwise combiner over the retriever's components), and the base model. Each row gets NDCG@10
+listwise combiner over the retriever's components, with or without sequential transitions),
+and the base model. Each row gets NDCG@10
 with its 95% bootstrap CI and the paired difference against the fused retriever, on the
 validation stage (second-to-last item; generators fit without it) and on the test stage (last
 item). Fusion weights and combiner weights are fit on validation, so their validation numbers
@@ -103,6 +104,32 @@ ROWS = [
         "Qwen2.5-0.5B evidence zero-shot",
     ),
     Row("-", "-", "learned, no LLM", "-", "ml-latest-small", "SmolLM2-135M zero-shot"),
+    # The same combiner with one more feature: sequential transitions (llmrec.candidates.transition).
+    Row(
+        "off",
+        "zero-shot",
+        "learned + transitions",
+        "SmolLM2-135M",
+        "ml-latest-small",
+        "SmolLM2-135M zero-shot",
+    ),
+    Row(
+        "on",
+        "LoRA tuned",
+        "learned + transitions",
+        "SmolLM2-135M",
+        "ml-latest-small-evidence",
+        "SmolLM2-135M evidence tuned",
+    ),
+    Row(
+        "on",
+        "zero-shot",
+        "learned + transitions",
+        "Qwen2.5-0.5B",
+        "ml-latest-small-qwen",
+        "Qwen2.5-0.5B evidence zero-shot",
+    ),
+    Row("-", "-", "learned + transitions, no LLM", "-", "ml-latest-small", "SmolLM2-135M zero-shot"),
 ]
 
 
@@ -123,7 +150,8 @@ def row_ranks(
             test["scored"].ranks(test["ranked"], test["targets"], w).ranks,
             f"w={w:g}",
         )
-    names = COMPONENTS + ([] if row.combiner.endswith("no LLM") else ["llm"])
+    names = COMPONENTS + (["transition"] if "transitions" in row.combiner else [])
+    names += [] if row.combiner.endswith("no LLM") else ["llm"]
     _, l2, w = fit_best(valid, names, penalties)
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
 

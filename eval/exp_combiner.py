@@ -2,13 +2,17 @@
 
 On the users of a suite's single-domain run, each retrieved user's fused top-K is rescored by
 a conditional-logit model (softmax over the list) over per-candidate features: the fused
-position, each fused component's score (z-scored within the list), training popularity, and
-the LLM's label log-probs (log-softmax over the list). The model is fit on the validation
-stage (generators fit without the validation items) and applied to the test stage; users
-whose held-out item was not retrieved keep the retriever's rank (LlamaRec protocol). Feature
-sets are ablated, each against the fused retriever by a paired bootstrap over all users.
+position, each fused component's score (z-scored within the list), training popularity, the
+sequential transitions from the user's last items (``transition``, which the fused
+components lack), and the LLM's label log-probs (log-softmax over the list). The model is fit
+on the validation stage (generators fit without the validation items) and applied to the test
+stage; users whose held-out item was not retrieved keep the retriever's rank (LlamaRec
+protocol). ``--windows N`` adds N earlier training windows (the 1..N items before each
+validation item, generators refit on what came before them); the penalty is then chosen on
+validation out of sample. Feature sets are ablated, each against the fused retriever by a
+paired bootstrap over all users, and each LLM set against the same set without the LLM.
 
-    python eval/exp_combiner.py eval/ml-latest-small.yaml --out eval/results/combiner.json
+    python eval/exp_combiner.py eval/ml-latest-small.yaml --windows 4 --out eval/results/combiner.json
 
 Fitted generators, candidate lists and LLM scores come from the evaluation cache (a run of the
 suite fills it), so this takes seconds after `llmrec evaluate eval/ml-latest-small.yaml`.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -45,8 +50,12 @@ COMPONENTS = ("bm25", "itemknn", "mf", "ease")
 FEATURE_SETS = {
     "retriever order": ["position"],
     "retriever order + LLM (score fusion)": ["position", "llm"],
+    "retriever order + transitions": ["position", "transition"],
+    "retriever order + transitions + LLM": ["position", "transition", "llm"],
     "components": ["position", *COMPONENTS, "popularity"],
     "components + LLM": ["position", *COMPONENTS, "popularity", "llm"],
+    "components + transitions": ["position", *COMPONENTS, "popularity", "transition"],
+    "components + transitions + LLM": ["position", *COMPONENTS, "popularity", "transition", "llm"],
     "components + LLM + LLM x short history": ["position", *COMPONENTS, "popularity", "llm", "llm_short"],
 }
 
@@ -55,10 +64,18 @@ def _zscore(v: np.ndarray) -> np.ndarray:
     return (v - v.mean(1, keepdims=True)) / (v.std(1, keepdims=True) + 1e-9)
 
 
-def stage_features(run: EvalRun, split, users: np.ndarray, stage: str, reranker, short: int) -> dict:
-    """Candidate lists, features and target positions of the retrieved users of ``stage``."""
+def stage_features(
+    run: EvalRun, split, users: np.ndarray, stage: str, reranker, short: int, window: int = 0
+) -> dict:
+    """Candidate lists, features and target positions of the retrieved users of ``stage``.
+
+    ``window`` > 0: ``split`` is the suite's split shifted back that many steps
+    (:meth:`LeaveOneOutSplit.shifted`), an extra training window for the combiner.
+    """
     name, cfg = reranker
     split_key = digest("loo", run.fingerprint, run.config.order)
+    if window:
+        split_key = digest(split_key, "window", window)
     train = TrainData(split.catalog, split.sequences(stage))
     gens = FittedGenerators(run, train, digest(split_key, stage), stage)
     users = users if stage == "test" else users[split.target("valid")[users] >= 0]
@@ -77,6 +94,11 @@ def stage_features(run: EvalRun, split, users: np.ndarray, stage: str, reranker,
     k = items.shape[1]
     feats["position"] = np.tile(np.log(1.0 / np.arange(1, k + 1)), (len(sel), 1))
     feats["popularity"] = _zscore(np.log1p(fused.item_counts[np.maximum(items, 0)]))
+    # Sequential evidence the fused components lack (llmrec.candidates.transition), fit on the
+    # same training part; log-scaled, as its frequencies span orders of magnitude.
+    trans = gens.get("transition").masked_scores(shown, exclude_history=True, allowed=None)
+    v = np.take_along_axis(trans, np.maximum(items, 0), axis=1)
+    feats["transition"] = _zscore(np.log(np.where(np.isfinite(v), v, 0.0) + 1e-4))
     feats["llm"] = np.stack([log_softmax(x) for x in scored.scores])
     is_short = np.array([len(h.items) <= short for h in shown], dtype=float)[:, None]
     feats["llm_short"] = feats["llm"] * is_short
@@ -115,6 +137,45 @@ def fit_best(valid: dict, names: list[str], penalties: list[float]) -> tuple[flo
     return max(scored, key=lambda t: (round(t[0], 12), t[1]))
 
 
+def merge_windows(parts: list[dict]) -> dict:
+    """One fitting set from several stages' features (the users of each part stacked)."""
+    offsets = np.cumsum([0] + [len(p["ranked"].ranks) for p in parts[:-1]])
+    return {
+        "sel": np.concatenate([p["sel"] + o for p, o in zip(parts, offsets)]),
+        "feats": {n: np.concatenate([p["feats"][n] for p in parts]) for n in parts[0]["feats"]},
+        "target": np.concatenate([p["target"] for p in parts]),
+        "ranked": SimpleNamespace(ranks=np.concatenate([p["ranked"].ranks for p in parts])),
+    }
+
+
+def fit_with_windows(
+    valid: dict, windows: list[dict], names: list[str], penalties: list[float]
+) -> tuple[float, float, np.ndarray]:
+    """Like :func:`fit_best`, with extra training windows: each penalty is fit on the windows
+    and judged on validation (out of sample), then the chosen one is refit on windows +
+    validation. Without windows it is :func:`fit_best` (in-sample validation)."""
+    if not windows:
+        return fit_best(valid, names, penalties)
+    train = merge_windows(windows)
+    judged = [
+        (ndcg_at_k(combined_ranks(valid, names, fit_combiner(train, names, l2)), 10).mean(), l2)
+        for l2 in penalties
+    ]
+    v_best, l2 = max(judged, key=lambda t: (round(t[0], 12), t[1]))
+    return v_best, l2, fit_combiner(merge_windows([valid, *windows]), names, l2)
+
+
+def window_features(run: EvalRun, split, reranker, short: int, n: int) -> list[dict]:
+    """Validation-stage features of ``n`` extra windows, 1..n steps before the suite's validation
+    item (generators refit on each window's training part)."""
+    out = []
+    for window in range(1, n + 1):
+        shifted = split.shifted(window)
+        users = shifted.eval_users("valid")
+        out.append(stage_features(run, shifted, users, "valid", reranker, short, window))
+    return out
+
+
 def combined_ranks(data: dict, names: list[str], w: np.ndarray) -> np.ndarray:
     """Every user's rank: reordered for the retrieved users, the retriever's for the others."""
     scores = np.stack([data["feats"][n] for n in names], -1) @ w
@@ -133,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         "--reranker", help="the suite's reranker whose scores are the LLM feature (default: the first)"
     )
     parser.add_argument("--short", type=int, default=20, help="'short history' = at most this many items")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        help="extra training windows: fit also on the 1..N items before each validation item "
+        "(generators and LLM scores recomputed per window; cached)",
+    )
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
     ((_, config),) = suite.run_configs()[:1]
@@ -147,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
     valid = stage_features(run, split, users, "valid", reranker, args.short)
     test = stage_features(run, split, users, "test", reranker, args.short)
+    windows = window_features(run, split, reranker, args.short, args.windows)
     base = ndcg_at_k(test["ranked"].ranks, 10)
     idx = bootstrap_indices(len(base), config.bootstrap, config.seed)
     rows = [{"features": "fused retriever", "ndcg@10": mean_ci(base, idx), "valid_ndcg@10": None}]
     per_set: dict[tuple[str, ...], np.ndarray] = {}
     for label, names in FEATURE_SETS.items():
-        v_best, l2, w = fit_best(valid, names, args.l2)
+        v_best, l2, w = fit_with_windows(valid, windows, names, args.l2)
         ranks = combined_ranks(test, names, w)
         nd = ndcg_at_k(ranks, 10)
         per_set[tuple(names)] = nd
@@ -170,9 +239,16 @@ def main(argv: list[str] | None = None) -> int:
                 "llm_adds": llm_adds,
             }
         )
+    window_note = (
+        f" and {sum(len(w['sel']) for w in windows)} retrieved users of {len(windows)} earlier windows "
+        "(penalty chosen on validation, out of sample)"
+        if windows
+        else ""
+    )
     lines = [
         f"Combiner over the fused top-{config.num_candidates} ({reranker[0]}): fit on {len(valid['sel'])} "
-        f"retrieved validation users, tested on all {len(base)} users ({len(test['sel'])} retrieved).",
+        f"retrieved validation users{window_note}, tested on all {len(base)} users "
+        f"({len(test['sel'])} retrieved).",
         "",
         "| features | l2 | valid NDCG@10 | test NDCG@10 [95% CI] | difference vs fused [95% CI] | p "
         "| what the LLM features add [95% CI] |",

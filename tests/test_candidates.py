@@ -18,6 +18,7 @@ from llmrec.candidates import (
     PlainEASEGenerator,
     PopularityGenerator,
     TrainData,
+    TransitionGenerator,
     load_generator,
     make_generator,
     tokenize,
@@ -31,8 +32,8 @@ from llmrec.errors import ConfigError, LlmrecWarning
 # cross-ease needs two domains (tests/test_crossdomain.py); ml-latest-small has one.
 FACTORIES = {name: cls for name, cls in GENERATORS.items() if name != "cross-ease"}
 FACTORIES["mf-bpr"] = lambda: MFGenerator(model="bpr", iterations=10)
-TEXT_GENERATORS = {"bm25", "fused", "fused-cross", "embedding"}
-LEXICAL_GENERATORS = {"bm25", "fused", "fused-cross"}
+TEXT_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq", "embedding"}
+LEXICAL_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq"}
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,33 @@ def test_known_answer_two_groups(name):
     assert set(cands.items[1].tolist()) <= set(range(10, 20))
 
 
+def test_transition_known_answer_and_recency():
+    catalog = ItemCatalog(
+        item_ids=np.asarray([f"i{i}" for i in range(5)], dtype=object),
+        titles=[f"t{i}" for i in range(5)],
+        texts=[""] * 5,
+        domains=np.asarray(["x"] * 5, dtype=object),
+    )
+    seqs = [[0, 1, 2], [0, 1, 2], [0, 3], [4, 0, 1]]
+    train = TrainData(catalog, [np.asarray(s, dtype=np.int64) for s in seqs])
+    gen = TransitionGenerator(max_gap=2, gap_decay=0.5).fit(train)
+    # after 0: 1 three times at gap 1; 2 twice at gap 2 (weight 0.5); 3 once -> 3 : 1 : 1 of 5
+    cands = gen.candidates([History(items=np.array([0]))], k=3)
+    assert cands.items[0].tolist() == [1, 2, 3]  # 2 before 3 on the popularity tie-break
+    np.testing.assert_allclose(cands.scores[0], [0.6, 0.2, 0.2], rtol=1e-6)
+    # the last item counts fully, the one before it half: 2 = 0.2 + 0.5 * 1.0 (1 -> 2 always)
+    cands = gen.candidates([History(items=np.array([1, 0]))], k=2)
+    assert cands.items[0].tolist() == [2, 3]
+    np.testing.assert_allclose(cands.scores[0], [0.7, 0.2], rtol=1e-6)
+    # only the last_n most recent items are read
+    far = TransitionGenerator(max_gap=2, gap_decay=0.5, last_n=1).fit(train)
+    assert far.score([History(items=np.array([1, 0]))])[0, 2] == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="max_gap"):
+        TransitionGenerator(max_gap=0)
+    with pytest.raises(ConfigError, match="recency_decay"):
+        TransitionGenerator(recency_decay=0.0)
+
+
 def test_popularity_known_answer():
     train, _ = _two_groups()
     gen = PopularityGenerator().fit(train)
@@ -220,9 +248,11 @@ def test_make_generator_and_errors():
         "ease",
         "ease-plain",
         "embedding",
+        "transition",
         "cross-ease",
         "fused",
         "fused-cross",
+        "fused-seq",
     }
     for name, cls in GENERATORS.items():
         assert cls.name == name

@@ -22,6 +22,24 @@ def test_llamarec_protocol_counts(ml_small_split):
         assert split.test[u] not in split.history_items("test", u)
 
 
+def test_shifted_split_holds_out_earlier_items(ml_small_split):
+    split = ml_small_split
+    shifted = split.shifted(2)
+    assert split.shifted(0) is split
+    for u in range(split.n_users):
+        seq = split.full_sequences()[u]
+        assert len(seq) == len(split.train[u]) + 2 * (split.test[u] >= 0)
+        if len(seq) >= 5:
+            # two steps back: the old validation item is gone, the item before it is the new test item
+            assert shifted.test[u] == seq[-3] and shifted.valid[u] == seq[-4]
+            assert list(shifted.train[u]) == list(seq[:-4])
+            assert list(shifted.sequences("test")[u]) == list(seq[:-3])
+        else:
+            assert shifted.test[u] == -1
+    with pytest.raises(ValueError, match="window"):
+        split.shifted(-1)
+
+
 def test_evaluation_report_and_determinism(ml_small_dir, tmp_path):
     cfg = EvalConfig(dataset=str(ml_small_dir), methods=["popularity", "itemknn"], seed=3)
     first = run_evaluation(cfg)

@@ -16,12 +16,18 @@ from llmrec.candidates.bm25 import BM25Generator
 from llmrec.candidates.crossdomain import CrossDomainEASEGenerator
 from llmrec.candidates.ease import EASEGenerator, PlainEASEGenerator
 from llmrec.candidates.embedding import EmbeddingGenerator
-from llmrec.candidates.fusion import CrossDomainFusedGenerator, FusedGenerator, default_components
+from llmrec.candidates.fusion import (
+    CrossDomainFusedGenerator,
+    FusedGenerator,
+    SequentialFusedGenerator,
+    default_components,
+)
 from llmrec.candidates.itemknn import ItemKNNGenerator
 from llmrec.candidates.mf import MFGenerator
 from llmrec.candidates.persistence import load_generator
 from llmrec.candidates.popularity import PopularityGenerator
 from llmrec.candidates.text import STOPWORDS, tokenize
+from llmrec.candidates.transition import TransitionGenerator
 from llmrec.errors import ConfigError
 
 GENERATORS: dict[str, type[CandidateGenerator]] = {
@@ -34,9 +40,11 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         EASEGenerator,
         PlainEASEGenerator,
         EmbeddingGenerator,
+        TransitionGenerator,
         CrossDomainEASEGenerator,
         FusedGenerator,
         CrossDomainFusedGenerator,
+        SequentialFusedGenerator,
     )
 }
 """Generator classes by their ``name`` (the value CLI flags and configs use)."""
@@ -83,7 +91,9 @@ __all__ = [
     "PlainEASEGenerator",
     "PopularityGenerator",
     "STOPWORDS",
+    "SequentialFusedGenerator",
     "TrainData",
+    "TransitionGenerator",
     "default_components",
     "load_generator",
     "make_generator",

@@ -221,3 +221,23 @@ class CrossDomainFusedGenerator(FusedGenerator):
 
         generators = [*default_components(seed), CrossDomainEASEGenerator()]
         return generators, [1.0] * (len(generators) - 1) + [4.0]
+
+
+class SequentialFusedGenerator(FusedGenerator):
+    """``fused`` plus ``transition``: the default components and the next-item transitions of
+    the user's last few items, registered as ``fused-seq``.
+
+    EASE, item-kNN, MF and BM25 read a history as a set; ``transition`` adds the order in
+    which users move through the catalog. Its weight (1, like every default component) was
+    chosen on ml-latest-small *validation* users (NDCG@10 0.0905 without it, 0.1008 / 0.1054 /
+    0.1009 / 0.0891 at weight 0.5 / 1 / 2 / 4). A history without items (free text only) gets
+    nothing from ``transition`` and ranks as under ``fused``.
+    """
+
+    name = "fused-seq"
+
+    @classmethod
+    def _defaults(cls, seed: int) -> tuple[list[CandidateGenerator], list[float] | None]:
+        from llmrec.candidates.transition import TransitionGenerator
+
+        return [*default_components(seed), TransitionGenerator()], None

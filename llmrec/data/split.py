@@ -87,6 +87,27 @@ class LeaveOneOutSplit:
         """Every user's known sequence for ``stage``: what a generator may be fit on."""
         return [self.history_items(stage, u) for u in range(self.n_users)]
 
+    def full_sequences(self) -> list[np.ndarray]:
+        """Every user's whole sequence: train, then the validation and test items."""
+        return [
+            np.append(self.train[u], [self.valid[u], self.test[u]]) if self.test[u] >= 0 else self.train[u]
+            for u in range(self.n_users)
+        ]
+
+    def shifted(self, window: int) -> LeaveOneOutSplit:
+        """The split of the same sequences with each user's last ``window`` interactions removed.
+
+        Its validation and test items are the ones ``window`` steps before this split's: the
+        extra training windows of a model fit on validation (a combiner), which never see this
+        split's validation or test items. ``shifted(0)`` is this split.
+        """
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        if window == 0:
+            return self
+        seqs = [s[: max(len(s) - window, 0)] for s in self.full_sequences()]
+        return _split_sequences(self.catalog, self.user_ids, seqs)
+
 
 def leave_one_out(
     data: RecDataset, domain: str | None = None, order: SplitOrder = "time+id"
