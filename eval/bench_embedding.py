@@ -1,9 +1,11 @@
-"""Benchmark the embedding generator's item encoding: a whole catalog, then the same from the cache.
+"""Benchmark the embedding generator: encoding a whole catalog, the same from the cache, and top-k search.
 
 The catalog is the dataset's full item table (no k-core), every item's text (title + other
 text fields) encoded by the sentence encoder; the second fit reads the vectors back from the
 on-disk cache. A fresh cache folder is used (``--cache-dir``, default a temporary one) so the
-first run really encodes.
+first run really encodes. Then ``--queries`` item vectors (seeded) search the catalog's top 20
+through each vector index kind (exact NumPy, FAISS flat, FAISS HNSW): queries/s, build time,
+and recall@20 against exact search.
 
     python eval/bench_embedding.py --out eval/results/bench_embedding.json
 """
@@ -20,9 +22,38 @@ import numpy as np
 from bench_train import cpu_flags, cpu_name
 
 from llmrec.candidates import EmbeddingGenerator, TrainData
+from llmrec.candidates.vector_index import INDEX_KINDS, VectorIndex, faiss_available
 from llmrec.data import load_dataset
 from llmrec.data.catalog import ItemCatalog
 from llmrec.io import atomic_write_json
+
+
+def search_benchmark(vectors: np.ndarray, n_queries: int, k: int = 20) -> dict[str, dict]:
+    """Build each index kind over ``vectors`` and time ``n_queries`` top-``k`` searches (seeded
+    item vectors as queries, one batch); recall against exact search."""
+    rng = np.random.default_rng(0)
+    queries = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    out: dict[str, dict] = {}
+    truth = None
+    for kind in INDEX_KINDS:
+        if kind != "exact" and not faiss_available():
+            continue
+        start = time.perf_counter()
+        index = VectorIndex(vectors, kind)
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        _, found = index.search(queries, k)
+        search_s = time.perf_counter() - start
+        truth = found if truth is None else truth
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)]))
+        out[kind] = {
+            "build_s": round(build_s, 3),
+            "search_s": round(search_s, 3),
+            "queries_per_s": round(len(queries) / search_s, 1),
+            "speedup_vs_exact": round(out["exact"]["search_s"] / search_s, 2) if out else 1.0,
+            "recall@20": round(recall, 4),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="cache root (default: a fresh temporary one)"
     )
+    parser.add_argument("--queries", type=int, default=2000, help="top-20 searches per index kind")
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_embedding.json"))
     args = parser.parse_args(argv)
     catalog = ItemCatalog.from_dataset(load_dataset(args.data))
@@ -60,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         again.fit(train)
         cached_s = time.perf_counter() - start
         assert np.array_equal(again.item_vectors, gen.item_vectors)
+    search = search_benchmark(gen.item_vectors, args.queries)
     result = {
         "benchmark": "embedding",
         "cpu": cpu_name(),
@@ -76,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "items_per_s": round(n / first_s, 1),
         "cached_fit_s": round(cached_s, 3),
         "speedup_cached": round(first_s / cached_s, 1),
+        "search_top20": search,
         "load_avg_after": os.getloadavg(),
     }
     print(
@@ -84,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         f"encoded in {first_s:.1f} s = {n / first_s:.0f} items/s; from the cache {cached_s:.2f} s "
         f"({first_s / cached_s:.0f}x faster); encoder load {load_s:.1f} s"
     )
+    for kind, row in search.items():
+        print(
+            f"top-20 search, {kind}: {row['queries_per_s']:.0f} queries/s "
+            f"({row['speedup_vs_exact']:.1f}x exact), build {row['build_s']:.2f} s, "
+            f"recall@20 {row['recall@20']:.3f}"
+        )
     atomic_write_json(args.out, result)
     print(f"written: {args.out}")
     return 0

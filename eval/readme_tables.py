@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"(<!-- report:(?P<spec>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
+MARKER = re.compile(r"(<!-- report:(?P<spec>[^\n]+?) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
 COLUMNS = ("ndcg@10", "recall@10")
 
 

@@ -116,7 +116,11 @@ class DataConfig(Settings):
 class RetrieverConfig(Settings):
     """The candidate generator whose top list the LLM reranks."""
 
-    retriever: str = setting("fused", "Candidate generator: popularity, bm25, itemknn, mf, ease, fused.")
+    retriever: str = setting(
+        "fused",
+        "Candidate generator: popularity, bm25, itemknn, mf, ease, ease-plain, embedding, transition, "
+        "cross-ease, fused, fused-seq, fused-cross.",
+    )
     generator_params: dict[str, dict[str, Any]] = setting(
         {}, "Per-generator constructor parameters, e.g. {bm25: {k1: 1.2}} (YAML only)."
     )

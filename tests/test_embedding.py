@@ -82,3 +82,26 @@ def test_encoder_and_parameter_errors(tmp_path):
         EmbeddingGenerator(recency_decay=0.0)
     with pytest.raises(ConfigError, match="query_items"):
         EmbeddingGenerator(query_items=-1)
+
+
+def test_candidates_through_the_vector_index_match_exact(ml_small_split):
+    from llmrec.candidates.vector_index import faiss_available
+
+    if not faiss_available():
+        pytest.skip("faiss-cpu not installed")
+    train = TrainData(ml_small_split.catalog, ml_small_split.sequences("valid"))
+    exact = EmbeddingGenerator().fit(train)
+    users = ml_small_split.eval_users("valid")[:40]
+    hists = ml_small_split.histories("valid", users) + [History()]  # + one with no signal
+    want = exact.candidates(hists, k=20)
+    for kind, floor in (("flat", 1.0), ("hnsw", 0.9)):
+        gen = EmbeddingGenerator(index=kind)
+        gen.catalog, gen.item_counts, gen.tie_rank = exact.catalog, exact.item_counts, exact.tie_rank
+        gen.item_vectors = exact.item_vectors
+        got = gen.candidates(hists, k=20)
+        overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got.items[:-1], want.items[:-1])])
+        assert overlap >= floor, (kind, overlap)
+        for row, hist in zip(got.items, hists):
+            assert not set(row.tolist()) & set(hist.items.tolist())  # history excluded
+        assert got.fallback.tolist() == want.fallback.tolist()
+        np.testing.assert_array_equal(got.items[-1], want.items[-1])  # popularity order

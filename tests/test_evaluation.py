@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llmrec.data import cross_domain_split
+from llmrec.errors import ConfigError
 from llmrec.evaluation.experiment import EvalConfig, run_evaluation
 from llmrec.evaluation.report import write_report
 
@@ -103,3 +104,46 @@ def test_typed_titles_match_catalog_titles(ml_small_split):
     titles = [catalog.titles[i] for i in hist.items]
     assert titles == ["Incredibles, The (2004)", "Heat (1995)", "Toy Story (1995)"]
     assert hist.text == "No Such Film Here"
+
+
+def test_new_items_are_hidden_from_histories_and_fit(ml_small_dir, ml_small_split):
+    from llmrec.data import clean, load_dataset
+    from llmrec.data.split import items_first_seen_late
+
+    data = clean(load_dataset(ml_small_dir))
+    late = items_first_seen_late(data, ml_small_split.catalog, 0.1)
+    table = data.interactions.select_columns(["item_id", "timestamp"]).to_pandas()
+    cutoff = np.quantile(table["timestamp"].to_numpy(dtype=np.float64), 0.9)
+    first = table.groupby("item_id")["timestamp"].min()
+    ids = ml_small_split.catalog.item_ids
+    assert set(ids[late]) == set(first[first > cutoff].index)
+    split = ml_small_split.hide_items(late)
+    for stage in ("valid", "test"):
+        seen = np.concatenate(split.sequences(stage))
+        assert not late[seen].any()  # no generator is fit on a new item
+    assert (split.test == ml_small_split.test).all()  # ... and they are still held out
+    assert late[split.test].sum() > 0
+    with pytest.raises(ValueError, match="one boolean per item"):
+        ml_small_split.hide_items(late[:-1])
+
+
+def test_new_item_protocol_collaborative_generators_cannot_reach_new_items(ml_small_dir):
+    cfg = EvalConfig(
+        dataset=str(ml_small_dir),
+        methods=["popularity", "ease", "bm25"],
+        new_items_fraction=0.3,
+        slices=["new_items"],
+        new_item_max_train=1,
+        bootstrap=0,
+    )
+    report = run_evaluation(cfg)
+    assert "new_items" in report["protocol"]
+    ranks = report["per_user_ranks"]["all"]
+    mask = np.zeros(len(ranks["ease"]), dtype=bool)
+    mask[report["slice_users"]["new items (<1 train interactions)"]] = True
+    assert mask.sum() > 40
+    for method in ("popularity", "ease"):  # no interactions, no score: never in the top 20
+        assert (np.asarray(ranks[method])[mask] > 20).all()
+    assert (np.asarray(ranks["bm25"])[mask] <= 20).any()  # text reaches them
+    with pytest.raises(ConfigError, match="new_items_fraction"):
+        EvalConfig(dataset=str(ml_small_dir), new_items_fraction=1.0)

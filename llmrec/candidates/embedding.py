@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrec.candidates.base import CandidateGenerator, TrainData
+from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData
+from llmrec.candidates.vector_index import INDEX_KINDS, VectorIndex
 from llmrec.data.catalog import History
 from llmrec.errors import ConfigError
 from llmrec.io import atomic_write_bytes
@@ -140,6 +141,10 @@ class EmbeddingGenerator(CandidateGenerator):
         Weight ``recency_decay ** age`` of a history item (age 0 = the most recent).
     cache:
         Cache item vectors on disk (keyed by encoder files and texts).
+    index:
+        How :meth:`candidates` finds the top items: ``"exact"`` (every item scored), or a FAISS
+        index (:mod:`llmrec.candidates.vector_index`): ``"flat"`` (exact) or ``"hnsw"``
+        (approximate, sub-linear). Scores (:meth:`score`, used by fusion) are always exact.
     """
 
     name = "embedding"
@@ -153,6 +158,7 @@ class EmbeddingGenerator(CandidateGenerator):
         recency_decay: float = 0.9,
         batch_size: int = 64,
         cache: bool = True,
+        index: str = "exact",
     ) -> None:
         super().__init__()
         if query_items < 0:
@@ -165,7 +171,11 @@ class EmbeddingGenerator(CandidateGenerator):
         self.query_items = query_items
         self.recency_decay = recency_decay
         self.batch_size = batch_size
+        if index not in INDEX_KINDS:
+            raise ConfigError(f"must be one of {INDEX_KINDS}", parameter="index", value=index)
         self.cache = cache
+        self.index = index
+        self._index: VectorIndex | None = None
         self.item_vectors: np.ndarray | None = None
         """items x dim unit vectors of each item's text."""
         self._encoder: TextEncoder | None = None
@@ -199,3 +209,41 @@ class EmbeddingGenerator(CandidateGenerator):
     def score(self, histories: Sequence[History]) -> np.ndarray:
         assert self.item_vectors is not None
         return self.user_vectors(histories) @ self.item_vectors.T
+
+    def vector_index(self) -> VectorIndex:
+        """The index over the item vectors (built on first use)."""
+        self._check_fitted()
+        if self._index is None or self._index.vectors is not self.item_vectors:
+            self._index = VectorIndex(self.item_vectors, self.index)
+        return self._index
+
+    def candidates(
+        self,
+        histories: Sequence[History],
+        k: int = 20,
+        exclude_history: bool = True,
+        allowed: np.ndarray | None = None,
+    ) -> Candidates:
+        """Top-``k`` unseen items per history; through the vector index unless ``index="exact"``
+        (rows without signal get the popularity order, as from every generator)."""
+        if self.index == "exact":
+            return super().candidates(histories, k, exclude_history, allowed)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        queries = self.user_vectors(histories)
+        fallback = ~queries.any(axis=1)
+        seen = [set(h.items.tolist()) if exclude_history else set() for h in histories]
+        # Over-fetch by the longest history, so k unseen items remain after dropping seen ones.
+        extra = max((len(s) for s in seen), default=0)
+        scores, items = self.vector_index().search(queries, k + extra, allowed)
+        out_items = np.full((len(histories), k), -1, dtype=np.int64)
+        out_scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        for r in np.flatnonzero(~fallback):
+            keep = [j for j, item in enumerate(items[r]) if item >= 0 and int(item) not in seen[r]][:k]
+            out_items[r, : len(keep)] = items[r, keep]
+            out_scores[r, : len(keep)] = scores[r, keep]
+        if fallback.any():
+            rows = np.flatnonzero(fallback)
+            popular = super().candidates([histories[r] for r in rows], k, exclude_history, allowed)
+            out_items[rows], out_scores[rows] = popular.items, popular.scores
+        return Candidates(items=out_items, scores=out_scores, fallback=fallback)

@@ -20,7 +20,14 @@ import numpy as np
 from llmrec.candidates.base import CandidateGenerator
 from llmrec.data.catalog import History
 
-SHORT_NAMES = {"bm25": "text", "itemknn": "knn", "mf": "mf", "ease": "ease", "ease-plain": "ease"}
+SHORT_NAMES = {
+    "bm25": "text",
+    "itemknn": "knn",
+    "mf": "mf",
+    "ease": "ease",
+    "ease-plain": "ease",
+    "transition": "next",
+}
 """How each component is named in a prompt (short, plain words)."""
 
 Evidence = list[dict[str, int]]

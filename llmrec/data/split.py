@@ -21,6 +21,7 @@ interactions share a second (about 15% of ml-100k users, 50 of 610 in ml-latest-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
@@ -56,17 +57,38 @@ class LeaveOneOutSplit:
     valid: np.ndarray
     test: np.ndarray
     log: list[str] = field(default_factory=list)
+    hidden: np.ndarray | None = None
+    """Boolean per item, or None: items whose every interaction is hidden from histories and
+    from what generators fit on (new items, :meth:`hide_items`); they stay held-out items."""
 
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
 
     def history_items(self, stage: Stage, user: int) -> np.ndarray:
-        """Items known before the held-out item of ``stage`` (train, + valid for test)."""
+        """Items known before the held-out item of ``stage`` (train, + valid for test), hidden
+        items left out."""
         items = self.train[user]
         if stage == "test" and self.valid[user] >= 0:
             items = np.append(items, self.valid[user])
+        if self.hidden is not None:
+            items = items[~self.hidden[items]]
         return items
+
+    def hide_items(self, hidden: np.ndarray) -> LeaveOneOutSplit:
+        """The same split with the items of the boolean mask ``hidden`` treated as new: no
+        history shows them and no generator is fit on them, but they are still held out, so
+        the users whose validation or test item is one of them measure new-item ranking."""
+        hidden = np.asarray(hidden, dtype=bool)
+        if hidden.shape != (len(self.catalog),):
+            raise ValueError(f"hidden must be one boolean per item ({len(self.catalog)}), got {hidden.shape}")
+        n_users = int(np.isin(self.test, np.flatnonzero(hidden)).sum())
+        line = (
+            f"new items: {int(hidden.sum())} items hidden from every history and fit; "
+            f"{n_users} users' test items among them"
+        )
+        logger.info(line)
+        return dataclasses.replace(self, hidden=hidden, log=[*self.log, line])
 
     def target(self, stage: Stage) -> np.ndarray:
         """Held-out item per user for ``stage`` (-1 where none)."""
@@ -119,6 +141,21 @@ def leave_one_out(
     catalog = ItemCatalog.from_dataset(data)
     users, seqs = user_sequences(data, catalog, domain=domain, order=order)
     return _split_sequences(catalog, users, seqs)
+
+
+def items_first_seen_late(data: RecDataset, catalog: ItemCatalog, fraction: float) -> np.ndarray:
+    """Boolean per catalog item: its first interaction lies in the last ``fraction`` of all
+    interactions by time (the catalog's newest items, as a live system meets them)."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError("must be in (0, 1)", parameter="new_items_fraction", value=fraction)
+    table = data.interactions.select_columns(["item_id", "timestamp"]).to_pandas()
+    cutoff = np.quantile(table["timestamp"].to_numpy(dtype=np.float64), 1.0 - fraction)
+    first = table.groupby("item_id", sort=False)["timestamp"].min()
+    late = first[first.to_numpy(dtype=np.float64) > cutoff].index.tolist()
+    mask = np.zeros(len(catalog), dtype=bool)
+    if late:
+        mask[catalog.index_of(late)] = True
+    return mask
 
 
 def item_id_rank(item_ids: np.ndarray, numeric: bool = True) -> np.ndarray:

@@ -62,6 +62,12 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
     new_item_max_train: int = setting(
         5, "new_items slice: users whose held-out item has fewer than this many training interactions."
     )
+    new_items_fraction: float = setting(
+        0.0,
+        "New-item protocol: items first seen in the last FRACTION of the interactions (by time) lose "
+        "every training interaction: no history shows them and no generator is fit on them, but they "
+        "stay held-out items (0 = off; single-domain runs).",
+    )
     cache: bool = setting(True, "Reuse fitted generators, candidate lists and LLM scores from the cache.")
     cache_dir: str | None = setting(
         None, "Cache folder (default: $LLMREC_CACHE/eval or ~/.cache/llmrec/eval)."
@@ -87,6 +93,16 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
                 value=self.stage,
             )
         require_positive(self, "max_users", "retrieval_batch_size", "new_item_max_train")
+        if not 0.0 <= self.new_items_fraction < 1.0:
+            raise ConfigError(
+                "must be in [0, 1)", parameter="new_items_fraction", value=self.new_items_fraction
+            )
+        if self.new_items_fraction and self.target is not None:
+            raise ConfigError(
+                "the new-item protocol runs on one domain: drop source/target, or set it to 0",
+                parameter="new_items_fraction",
+                value=self.new_items_fraction,
+            )
         if self.bootstrap < 0:
             raise ConfigError("must be >= 0 (0 = off)", parameter="bootstrap", value=self.bootstrap)
         if any(k < 1 for k in self.ks):

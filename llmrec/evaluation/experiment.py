@@ -23,6 +23,7 @@ from llmrec.candidates.base import CandidateGenerator, TrainData
 from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.catalog import History
 from llmrec.data.schema import RecDataset
+from llmrec.data.split import items_first_seen_late
 from llmrec.errors import ConfigError
 from llmrec.evaluation.cache import EvalCache, data_fingerprint, default_cache_dir, digest
 from llmrec.evaluation.config import EvalConfig
@@ -450,6 +451,9 @@ def _single_domain(data: RecDataset, run: EvalRun) -> tuple[dict, dict, list[str
     config = run.config
     split = leave_one_out(data, order=config.order)
     split_key = digest("loo", run.fingerprint, config.order)
+    if config.new_items_fraction:
+        split = split.hide_items(items_first_seen_late(data, split.catalog, config.new_items_fraction))
+        split_key = digest(split_key, "new-items", config.new_items_fraction)
     generators = FittedGenerators(
         run, TrainData(split.catalog, split.sequences(config.stage)), digest(split_key, config.stage), "all"
     )
@@ -483,6 +487,12 @@ def _single_domain(data: RecDataset, run: EvalRun) -> tuple[dict, dict, list[str
         "users": split.n_users,
         "items": len(split.catalog),
     }
+    if split.hidden is not None:
+        protocol["new_items"] = (
+            f"the {int(split.hidden.sum())} items first seen in the last {config.new_items_fraction:g} of "
+            "the interactions have no training interactions: hidden from every history and fit, "
+            "still held out"
+        )
     return groups, protocol, split.log
 
 
