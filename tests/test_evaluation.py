@@ -122,6 +122,7 @@ def test_new_items_are_hidden_from_histories_and_fit(ml_small_dir, ml_small_spli
         seen = np.concatenate(split.sequences(stage))
         assert not late[seen].any()  # no generator is fit on a new item
     assert (split.test == ml_small_split.test).all()  # ... and they are still held out
+    assert not late[np.concatenate(split.shifted(2).sequences("test"))].any()  # windows keep them hidden
     assert late[split.test].sum() > 0
     with pytest.raises(ValueError, match="one boolean per item"):
         ml_small_split.hide_items(late[:-1])

@@ -31,6 +31,8 @@ def test_faiss_flat_is_exact_and_hnsw_nearly():
     _, hnsw = VectorIndex(items, "hnsw").search(queries, 20)
     recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(hnsw, truth)])
     assert recall >= 0.95, recall
+    _, again = VectorIndex(items, "hnsw").search(queries, 20)
+    np.testing.assert_array_equal(again, hnsw)  # the graph is built the same way every time
 
 
 @pytest.mark.parametrize("kind", ["exact", "flat", "hnsw"])

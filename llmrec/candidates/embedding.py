@@ -144,7 +144,10 @@ class EmbeddingGenerator(CandidateGenerator):
     index:
         How :meth:`candidates` finds the top items: ``"exact"`` (every item scored), or a FAISS
         index (:mod:`llmrec.candidates.vector_index`): ``"flat"`` (exact) or ``"hnsw"``
-        (approximate, sub-linear). Scores (:meth:`score`, used by fusion) are always exact.
+        (approximate, sub-linear). Scores (:meth:`score`, used by fusion and by evaluation, which
+        ranks every item) are always exact; the index serves ``candidates`` (recommend, batch
+        lists, tuning lists). An index search that finds fewer than ``k`` unseen items leaves
+        the rest of the row padded (-1).
     """
 
     name = "embedding"
@@ -213,7 +216,8 @@ class EmbeddingGenerator(CandidateGenerator):
     def vector_index(self) -> VectorIndex:
         """The index over the item vectors (built on first use)."""
         self._check_fitted()
-        if self._index is None or self._index.vectors is not self.item_vectors:
+        stale = self._index is None or self._index.vectors is not self.item_vectors
+        if stale or self._index.requested != self.index:
             self._index = VectorIndex(self.item_vectors, self.index)
         return self._index
 
@@ -239,7 +243,13 @@ class EmbeddingGenerator(CandidateGenerator):
         out_items = np.full((len(histories), k), -1, dtype=np.int64)
         out_scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
         for r in np.flatnonzero(~fallback):
-            keep = [j for j, item in enumerate(items[r]) if item >= 0 and int(item) not in seen[r]][:k]
+            keep = np.asarray(
+                [j for j, item in enumerate(items[r]) if item >= 0 and int(item) not in seen[r]]
+            )
+            if not len(keep):
+                continue
+            # Equal scores (items with the same text) in popularity order, as the exact path.
+            keep = keep[np.lexsort((self.tie_rank[items[r, keep]], -scores[r, keep]))][:k]
             out_items[r, : len(keep)] = items[r, keep]
             out_scores[r, : len(keep)] = scores[r, keep]
         if fallback.any():

@@ -2,9 +2,10 @@
 
 ``"exact"`` multiplies the queries by every item vector (NumPy), which is what scoring does
 anyway and is fast up to a few hundred thousand items. ``"flat"`` is FAISS's exact index
-(same results, BLAS-tiled), ``"hnsw"`` FAISS's graph index (approximate: a small loss of
-recall for sub-linear queries on large catalogs). Both FAISS kinds fall back to ``"exact"``
-with a warning when the ``faiss-cpu`` package is missing, so a catalog never fails to rank.
+(the same items, BLAS-tiled), ``"hnsw"`` FAISS's graph index (approximate: a small loss of
+recall for sub-linear queries on large catalogs; built on one thread, so deterministic).
+Both FAISS kinds fall back to ``"exact"`` with a warning when the ``faiss-cpu`` package is
+missing, so a catalog never fails to rank.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from llmrec.errors import ConfigError, LlmrecWarning
 
 INDEX_KINDS = ("exact", "flat", "hnsw")
+_BLOCK = 256
 
 
 def faiss_available() -> bool:
@@ -46,6 +48,8 @@ class VectorIndex:
         if kind not in INDEX_KINDS:
             raise ConfigError(f"must be one of {INDEX_KINDS}", parameter="index", value=kind)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.requested = kind
+        """The kind asked for; :attr:`kind` is the one in use (``"exact"`` without FAISS)."""
         self.kind = kind
         self._faiss = None
         if kind != "exact" and not faiss_available():
@@ -61,10 +65,18 @@ class VectorIndex:
             dim = self.vectors.shape[1]
             if self.kind == "flat":
                 index = faiss.IndexFlatIP(dim)
+                index.add(self.vectors)
             else:
                 index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
                 index.hnsw.efSearch = ef_search
-            index.add(self.vectors)
+                # A parallel build links the graph in a thread-dependent order; one thread makes
+                # the graph, and so the candidates, the same on every run and machine.
+                threads = faiss.omp_get_max_threads()
+                faiss.omp_set_num_threads(1)
+                try:
+                    index.add(self.vectors)
+                finally:
+                    faiss.omp_set_num_threads(threads)
             self._faiss = index
 
     def __len__(self) -> int:
@@ -81,13 +93,18 @@ class VectorIndex:
         if k <= 0 or n == 0:
             return np.full((n, max(k, 0)), -np.inf, np.float32), np.full((n, max(k, 0)), -1, np.int64)
         if self._faiss is None:
-            scores = queries @ self.vectors.T
-            if allowed is not None:
-                scores[:, ~allowed] = -np.inf
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            vals = np.take_along_axis(scores, part, axis=1)
-            order = np.argsort(-vals, axis=1, kind="stable")
-            return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
+            out_scores = np.empty((n, k), dtype=np.float32)
+            out_items = np.empty((n, k), dtype=np.int64)
+            for lo in range(0, n, _BLOCK):  # a block of queries x items at a time: bounded memory
+                scores = queries[lo : lo + _BLOCK] @ self.vectors.T
+                if allowed is not None:
+                    scores[:, ~allowed] = -np.inf
+                part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                vals = np.take_along_axis(scores, part, axis=1)
+                order = np.argsort(-vals, axis=1, kind="stable")
+                out_scores[lo : lo + _BLOCK] = np.take_along_axis(vals, order, axis=1)
+                out_items[lo : lo + _BLOCK] = np.take_along_axis(part, order, axis=1)
+            return out_scores, out_items
         params = None
         if allowed is not None:
             import faiss

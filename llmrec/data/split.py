@@ -128,7 +128,8 @@ class LeaveOneOutSplit:
         if window == 0:
             return self
         seqs = [s[: max(len(s) - window, 0)] for s in self.full_sequences()]
-        return _split_sequences(self.catalog, self.user_ids, seqs)
+        shifted = _split_sequences(self.catalog, self.user_ids, seqs)
+        return shifted if self.hidden is None else shifted.hide_items(self.hidden)
 
 
 def leave_one_out(
@@ -145,13 +146,24 @@ def leave_one_out(
 
 def items_first_seen_late(data: RecDataset, catalog: ItemCatalog, fraction: float) -> np.ndarray:
     """Boolean per catalog item: its first interaction lies in the last ``fraction`` of all
-    interactions by time (the catalog's newest items, as a live system meets them)."""
+    interactions by time (the catalog's newest items, as a live system meets them).
+
+    Needs real timestamps: with per-user steps (``order_by == "step"``) "late" has no meaning
+    across users, so that is refused.
+    """
     if not 0.0 < fraction < 1.0:
         raise ConfigError("must be in (0, 1)", parameter="new_items_fraction", value=fraction)
+    if data.order_by != "timestamp":
+        raise ConfigError(
+            f"needs timestamps, but {data.name} orders interactions by {data.order_by!r}",
+            parameter="new_items_fraction",
+            value=fraction,
+        )
     table = data.interactions.select_columns(["item_id", "timestamp"]).to_pandas()
     cutoff = np.quantile(table["timestamp"].to_numpy(dtype=np.float64), 1.0 - fraction)
     first = table.groupby("item_id", sort=False)["timestamp"].min()
-    late = first[first.to_numpy(dtype=np.float64) > cutoff].index.tolist()
+    known = set(catalog.item_ids.tolist())
+    late = [i for i in first[first.to_numpy(dtype=np.float64) > cutoff].index.tolist() if i in known]
     mask = np.zeros(len(catalog), dtype=bool)
     if late:
         mask[catalog.index_of(late)] = True
