@@ -90,19 +90,21 @@ def stage_features(
         )
     sel, items = scored.users, ranked.candidates[scored.users]
     shown = [hist[u] for u in sel]
-    feats: dict[str, np.ndarray] = {}
-    for comp in fused.generators:
-        s = comp.masked_scores(shown, exclude_history=True, allowed=None)
-        v = np.take_along_axis(s, np.maximum(items, 0), axis=1)
-        feats[comp.name] = _zscore(np.where(np.isfinite(v), v, 0.0))
+
+    def picked(gen) -> np.ndarray:  # the generator's scores of each list's candidates
+        v = np.take_along_axis(gen.masked_scores(shown, exclude_history=True, allowed=None), safe, axis=1)
+        return np.where(np.isfinite(v), v, 0.0)
+
+    safe = np.maximum(items, 0)
+    parts = {comp.name: comp for comp in fused.generators}
+    # Sequential evidence (llmrec.candidates.transition): fused-seq's own component, else fit on
+    # the same training part; log-scaled, as its frequencies span orders of magnitude.
+    transition = parts.pop("transition", None) or gens.get("transition")
+    feats = {name: _zscore(picked(comp)) for name, comp in parts.items()}
     k = items.shape[1]
     feats["position"] = np.tile(np.log(1.0 / np.arange(1, k + 1)), (len(sel), 1))
-    feats["popularity"] = _zscore(np.log1p(fused.item_counts[np.maximum(items, 0)]))
-    # Sequential evidence the fused components lack (llmrec.candidates.transition), fit on the
-    # same training part; log-scaled, as its frequencies span orders of magnitude.
-    trans = gens.get("transition").masked_scores(shown, exclude_history=True, allowed=None)
-    v = np.take_along_axis(trans, np.maximum(items, 0), axis=1)
-    feats["transition"] = _zscore(np.log(np.where(np.isfinite(v), v, 0.0) + 1e-4))
+    feats["popularity"] = _zscore(np.log1p(fused.item_counts[safe]))
+    feats["transition"] = _zscore(np.log(picked(transition) + 1e-4))
     feats["llm"] = np.stack([log_softmax(x) for x in scored.scores])
     is_short = np.array([len(h.items) <= short for h in shown], dtype=float)[:, None]
     feats["llm_short"] = feats["llm"] * is_short
