@@ -32,7 +32,7 @@ from llmrec.errors import ConfigError, LlmrecWarning
 # cross-ease needs two domains (tests/test_crossdomain.py); ml-latest-small has one.
 FACTORIES = {name: cls for name, cls in GENERATORS.items() if name != "cross-ease"}
 FACTORIES["mf-bpr"] = lambda: MFGenerator(model="bpr", iterations=10)
-TEXT_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq", "embedding"}
+TEXT_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq", "embedding", "new-slots"}
 LEXICAL_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq"}
 
 
@@ -253,6 +253,7 @@ def test_make_generator_and_errors():
         "fused",
         "fused-cross",
         "fused-seq",
+        "new-slots",
     }
     for name, cls in GENERATORS.items():
         assert cls.name == name

@@ -24,6 +24,7 @@ from llmrec.candidates.fusion import (
 )
 from llmrec.candidates.itemknn import ItemKNNGenerator
 from llmrec.candidates.mf import MFGenerator
+from llmrec.candidates.new_items import NewItemSlotsGenerator
 from llmrec.candidates.persistence import load_generator
 from llmrec.candidates.popularity import PopularityGenerator
 from llmrec.candidates.text import STOPWORDS, tokenize
@@ -45,6 +46,7 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         FusedGenerator,
         CrossDomainFusedGenerator,
         SequentialFusedGenerator,
+        NewItemSlotsGenerator,
     )
 }
 """Generator classes by their ``name`` (the value CLI flags and configs use)."""
@@ -88,6 +90,7 @@ __all__ = [
     "GENERATORS",
     "ItemKNNGenerator",
     "MFGenerator",
+    "NewItemSlotsGenerator",
     "PlainEASEGenerator",
     "PopularityGenerator",
     "STOPWORDS",

@@ -177,3 +177,34 @@ class CandidateGenerator(ABC):
         fallback = ~np.any(finite != 0.0, axis=1)
         items, vals = top_k(scores, k, self.tie_rank)
         return Candidates(items=items, scores=vals, fallback=fallback)
+
+
+class CompositeGenerator(CandidateGenerator):
+    """A generator whose scores combine other generators' (fusion, new-item slots).
+
+    The history and ``allowed`` masks must reach the components, so that each one's top
+    items are taken among eligible items (or a domain restriction would empty the result):
+    subclasses implement :meth:`_compose` with the masks as arguments.
+    """
+
+    def score(self, histories: Sequence[History]) -> np.ndarray:
+        """Combined scores with history items excluded inside each component (as ``candidates`` does)."""
+        self._check_fitted()
+        return self._compose(histories, exclude_history=True, allowed=None)
+
+    def masked_scores(
+        self,
+        histories: Sequence[History],
+        exclude_history: bool = True,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        self._check_fitted()
+        return apply_masks(
+            self._compose(histories, exclude_history, allowed), histories, exclude_history, allowed
+        )
+
+    @abstractmethod
+    def _compose(
+        self, histories: Sequence[History], exclude_history: bool, allowed: np.ndarray | None
+    ) -> np.ndarray:
+        """``len(histories) x n_items`` scores from the components, masked as asked."""

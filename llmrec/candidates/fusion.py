@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec.candidates.base import CandidateGenerator, TrainData, apply_masks
+from llmrec.candidates.base import CandidateGenerator, CompositeGenerator, TrainData
 from llmrec.candidates.persistence import read_generator, write_generator
 from llmrec.data.catalog import History, ItemCatalog
 from llmrec.errors import ConfigError, LlmrecWarning
@@ -34,7 +34,7 @@ def default_components(seed: int = 0) -> list[CandidateGenerator]:
     return [BM25Generator(), ItemKNNGenerator(), MFGenerator(seed=seed), EASEGenerator()]
 
 
-class FusedGenerator(CandidateGenerator):
+class FusedGenerator(CompositeGenerator):
     """Combine component generators into one ranking.
 
     ``method="rrf"``: ``score(i) = sum_c w_c / (rrf_k + rank_c(i))`` over the items in each
@@ -148,25 +148,7 @@ class FusedGenerator(CandidateGenerator):
     def _load_state(self, folder: Path) -> None:
         self.active = [g.catalog is not None for g in self.generators]
 
-    def score(self, histories: Sequence[History]) -> np.ndarray:
-        """Fused scores with history items excluded inside each component (as ``candidates`` does)."""
-        self._check_fitted()
-        return self._fuse(histories, exclude_history=True, allowed=None)
-
-    def masked_scores(
-        self,
-        histories: Sequence[History],
-        exclude_history: bool = True,
-        allowed: np.ndarray | None = None,
-    ) -> np.ndarray:
-        # Overridden so the masks reach the components: each one's top-depth must be
-        # taken among eligible items, or a domain restriction would empty the fusion.
-        self._check_fitted()
-        return apply_masks(
-            self._fuse(histories, exclude_history, allowed), histories, exclude_history, allowed
-        )
-
-    def _fuse(
+    def _compose(
         self, histories: Sequence[History], exclude_history: bool, allowed: np.ndarray | None
     ) -> np.ndarray:
         n, n_items = len(histories), len(self.catalog)
