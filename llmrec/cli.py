@@ -25,7 +25,9 @@ from llmrec.config import (
     RecommendConfig,
     RetrieverConfig,
     Settings,
+    from_dict,
     load_config,
+    read_yaml,
 )
 from llmrec.errors import LlmrecError
 from llmrec.evaluation.config import EvalConfig
@@ -104,6 +106,19 @@ def typed(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
 def build(cls: type[Settings], ctx: click.Context, config_file: Path | None, values: dict[str, Any]):
     """Defaults < ``--config`` < typed options; errors exit 2 with the message."""
     return run(lambda: load_config(cls, config_file, typed(ctx, values)))
+
+
+def build_recommend(ctx: click.Context, config_file: Path | None, values: dict[str, Any]) -> RecommendConfig:
+    """As :func:`build` for RecommendConfig, skipping the file's ``service:`` section (the
+    settings of ``llmrec serve``), so one config file drives both commands."""
+
+    def load() -> RecommendConfig:
+        file_values = read_yaml(config_file) if config_file is not None else {}
+        file_values.pop("service", None)
+        where = str(config_file) if config_file is not None else "config"
+        return from_dict(RecommendConfig, {**file_values, **typed(ctx, values)}, where=where)
+
+    return run(load)
 
 
 def fail(message: object) -> typing.NoReturn:
@@ -277,7 +292,7 @@ def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> No
     from llmrec.pipeline import Recommender, build_reranker, history_titles
 
     _setup_logging(verbose)
-    cfg = build(RecommendConfig, ctx, config_file, values)
+    cfg = build_recommend(ctx, config_file, values)
 
     def rank():
         gen, hist = _retriever_and_history(cfg, user, history)
@@ -390,6 +405,40 @@ def finetune(ctx, config_file, verbose, **values) -> None:
     cfg = build(FinetuneConfig, ctx, config_file, values)
     adapter = run(lambda: run_finetune(cfg))
     click.echo(f"adapter: {adapter}")
+
+
+@app.command()
+@config_options(RecommendConfig)
+@click.option("--host", help="Address to listen on (overrides service.host; loopback by default).")
+@click.option("--port", type=click.INT, help="TCP port (overrides service.port).")
+@verbose_option
+@click.pass_context
+def serve(ctx, config_file, host, port, verbose, **values) -> None:
+    """HTTP recommendation service: the same ranking as `recommend`, settings from --config
+    (plus its `service:` section and $LLMREC_SERVICE_* variables); Ctrl-C stops it."""
+    from llmrec.service import build_parts, check_bind, create_app, load_service_config
+    from llmrec.service import serve as run_service
+
+    _setup_logging(verbose)
+    cfg, settings = run(
+        lambda: load_service_config(config_file, typed(ctx, values), {"host": host, "port": port})
+    )
+    run(lambda: check_bind(settings))  # before any data or model loads
+    parts = run(lambda: build_parts(cfg))
+    service = create_app(
+        parts.recommender,
+        settings,
+        users=parts.users,
+        params=parts.params,
+        allowed=parts.allowed,
+        default_n=parts.default_n,
+    )
+    auth = "bearer token required" if settings.api_key else "no API key (loopback only)"
+    click.echo(
+        f"llmrec service on http://{settings.host}:{settings.port} ({auth}); "
+        f"ranking {cfg.retriever} candidates with {'no LLM' if cfg.no_llm else cfg.model}"
+    )
+    run(lambda: run_service(service, settings))
 
 
 @app.command("serve-model")

@@ -199,7 +199,18 @@ class Recommender:
         """Rank ``candidates`` (retrieved when not given) for each history."""
         cands = candidates if candidates is not None else self.retrieve(histories, allowed)
         scores = None if self.reranker is None else self.llm_scores(histories, cands.items, params)
-        return order_candidates(cands, scores, self.retriever_weight)
+        return self.order(cands, scores)
+
+    def order(
+        self,
+        candidates: Candidates,
+        llm_scores: Sequence[np.ndarray] | None,
+        retriever_weight: float | None = None,
+    ) -> Ranking:
+        """The final order of ``candidates``: the LLM's scores (None = the retriever's order)
+        fused with the retriever's order at ``retriever_weight`` (default: this Recommender's)."""
+        weight = self.retriever_weight if retriever_weight is None else retriever_weight
+        return order_candidates(candidates, llm_scores, weight)
 
     def recommend(
         self,

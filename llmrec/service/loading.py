@@ -1,0 +1,74 @@
+"""From a config file to a served app: the ``recommend`` settings plus the ``service:`` section.
+
+The file is the one ``llmrec recommend --config`` reads, with an optional ``service:`` mapping;
+the recommender is built the way ``llmrec recommend`` builds it (:mod:`llmrec.cli`): the cleaned
+data, the retriever fitted on every user's items (or loaded from ``retriever_dir``), the LLM
+reranker unless ``no_llm``, the config's shuffles/seed/mode and target domain.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrec.config import RecommendConfig, from_dict, read_yaml
+from llmrec.llm.reranker import RerankParams
+from llmrec.pipeline import Recommender
+from llmrec.service.settings import ServiceSettings, service_settings
+
+
+def load_service_config(
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    service_overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[RecommendConfig, ServiceSettings]:
+    """The recommend settings (defaults < file < ``overrides``) and the service settings
+    (defaults < the file's ``service:`` < ``LLMREC_SERVICE_*`` < ``service_overrides``)."""
+    values = read_yaml(path) if path is not None else {}
+    section = values.pop("service", None)
+    where = str(path) if path is not None else "config"
+    config = from_dict(RecommendConfig, {**values, **(overrides or {})}, where=where)
+    settings = service_settings(
+        section, os.environ if environ is None else environ, service_overrides, where=f"{where}: service"
+    )
+    return config, settings
+
+
+@dataclass
+class ServiceParts:
+    """What :func:`~llmrec.service.app.create_app` needs besides the settings."""
+
+    recommender: Recommender
+    users: dict[str, np.ndarray]
+    params: RerankParams
+    allowed: np.ndarray | None
+    default_n: int
+
+
+def build_parts(config: RecommendConfig) -> ServiceParts:
+    """Data, retriever, reranker and ranking options of ``config``, as ``llmrec recommend``."""
+    from llmrec.candidates.base import TrainData
+    from llmrec.data import ItemCatalog
+    from llmrec.data.split import user_sequences
+    from llmrec.pipeline import build_reranker, build_retriever, prepare_data
+
+    cleaned = prepare_data(config)
+    catalog = ItemCatalog.from_dataset(cleaned)
+    users, seqs = user_sequences(cleaned, catalog, order=config.order)
+    saved = getattr(config, "retriever_dir", None)
+    retriever = build_retriever(config, None if saved else TrainData(catalog, seqs))
+    reranker = None if config.no_llm else build_reranker(config)
+    recommender = Recommender(retriever, reranker, config.num_candidates, config.retriever_weight)
+    return ServiceParts(
+        recommender=recommender,
+        users={str(u): s for u, s in zip(users.tolist(), seqs)},
+        params=RerankParams(shuffles=config.shuffles, seed=config.seed, mode=config.mode, progress=False),
+        allowed=retriever.catalog.domain_mask(config.target),
+        default_n=config.n,
+    )
