@@ -302,6 +302,17 @@ def test_failing_llm_gives_the_retriever_order_with_llm_error(parts):
     assert 'llmrec_service_llm_fallbacks_total{reason="llm_error"} 1.0' in metrics
 
 
+def test_after_a_failure_the_llm_rests_for_the_cooldown(parts):
+    reranker = FailingReranker()
+    with TestClient(make_app(parts, reranker, llm_cooldown_s=60)) as client:
+        reasons = [client.post("/recommend", json={"user": "1"}).json()["reason"] for _ in range(3)]
+    assert reasons == ["llm_error", "llm_unavailable", "llm_unavailable"] and reranker.calls == 1
+    reranker = FailingReranker()
+    with TestClient(make_app(parts, reranker, llm_cooldown_s=0)) as client:
+        reasons = [client.post("/recommend", json={"user": "1"}).json()["reason"] for _ in range(2)]
+    assert reasons == ["llm_error", "llm_error"] and reranker.calls == 2  # 0 = no cooldown
+
+
 def test_slow_llm_past_the_deadline_gives_llm_timeout(parts):
     with TestClient(make_app(parts, SlowReranker(3.0), deadline_s=0.3)) as client:
         started = time.perf_counter()

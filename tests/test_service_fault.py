@@ -65,7 +65,7 @@ def test_retriever_fallback_and_not_ready_while_the_server_is_down(report):
     down = report["phases"]["down"]
     assert down["requests"] == REQUESTS and down["reranked"] == 0
     assert sum(down["fallback"].values()) == REQUESTS
-    assert set(down["fallback"]) <= {"llm_error", "llm_timeout"}, down["fallback"]
+    assert set(down["fallback"]) <= {"llm_error", "llm_unavailable", "llm_timeout"}, down["fallback"]
     assert set(down["ready_statuses"]) == {503}
 
 

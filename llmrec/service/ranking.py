@@ -66,6 +66,8 @@ class RankingService:
             on_batch=metrics.batch_size.observe,
         )
         self._retrieval: ThreadPoolExecutor | None = None
+        self._llm_down_until = 0.0
+        """Until this time (``time.monotonic``) the LLM is not called: it failed just before."""
 
     def start(self) -> None:
         """Start the batcher and the retrieval thread (the app's lifespan; again after :meth:`close`)."""
@@ -139,6 +141,8 @@ class RankingService:
             return None, "llm_disabled"
         if not (candidates.items[0] >= 0).any():
             return None, None  # nothing to rerank: the (empty) list is as the LLM would leave it
+        if time.monotonic() < self._llm_down_until:
+            return None, "llm_unavailable"  # a failing backend is not waited on per request
         try:
             row = await self.batcher.submit((history, candidates.items[0]), timeout=self._remaining(started))
         except Overloaded:
@@ -147,6 +151,7 @@ class RankingService:
             return None, "llm_timeout"
         except Exception as err:  # noqa: BLE001 - any LLM failure falls back to the retriever
             logger.warning("LLM stage failed, answering in the retriever's order: %r", err)
+            self._llm_down_until = time.monotonic() + self.settings.llm_cooldown_s
             return None, "llm_error"
         return [row], None
 

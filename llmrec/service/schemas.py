@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-FallbackReason = Literal["llm_error", "llm_timeout", "overloaded", "llm_disabled"]
+FallbackReason = Literal["llm_error", "llm_unavailable", "llm_timeout", "overloaded", "llm_disabled"]
 
 
 def id_text(value: Any) -> Any:

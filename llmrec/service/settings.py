@@ -35,6 +35,11 @@ class ServiceSettings(Settings):
     max_wait_ms: float = setting(10.0, "How long the batcher waits for more requests after the first.")
     queue_size: int = setting(256, "Requests waiting for the LLM; beyond it: the retriever's order.")
     deadline_s: float = setting(30.0, "Per-request deadline; past it the LLM's answer is not awaited.")
+    llm_cooldown_s: float = setting(
+        5.0,
+        "After an LLM failure, answer in the retriever's order without calling the LLM for this long "
+        "(reason llm_unavailable), instead of waiting on a failing backend per request; 0 = off.",
+    )
     max_history: int = setting(200, "Most history entries a request may send.")
     max_n: int | None = setting(None, "Longest ranked list a request may ask for (default: num_candidates).")
     max_body_bytes: int = setting(65536, "Largest request body in bytes (413 beyond).")
@@ -55,7 +60,7 @@ class ServiceSettings(Settings):
         for name in ("deadline_s", "ready_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError("must be > 0 seconds", parameter=name, value=getattr(self, name))
-        for name in ("max_wait_ms", "rate_limit_per_s", "graceful_shutdown_s"):
+        for name in ("max_wait_ms", "rate_limit_per_s", "graceful_shutdown_s", "llm_cooldown_s"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be >= 0", parameter=name, value=getattr(self, name))
         if self.port > 65535:
