@@ -100,6 +100,7 @@ def engine(smollm_dir, adapter_dir, second_adapter_dir):
                 "domain": str(adapter_dir),
                 "other": str(second_adapter_dir),
                 "evidence": str(EVIDENCE_ADAPTER),
+                "evidence-seq": str(EVIDENCE_SEQ_ADAPTER),
             },
             kv_cache_gib=1,
             dtype="float32",
@@ -245,6 +246,7 @@ def test_evaluate_cli_with_the_vllm_backend(tmp_path, ml_small_dir, smollm_dir):
 # --- the committed evidence adapter: served through vLLM, ranked as by transformers ----------
 
 EVIDENCE_ADAPTER = Path(__file__).parents[1] / "finetune/adapters/evidence-ml-latest-small/adapter"
+EVIDENCE_SEQ_ADAPTER = Path(__file__).parents[1] / "finetune/adapters/evidence-seq-ml-latest-small/adapter"
 
 
 @pytest.fixture(scope="module")
@@ -278,4 +280,42 @@ def test_tuned_evidence_adapter_ranks_the_same_in_vllm_as_in_transformers(
     want = TransformersBackend(cfg).label_logprobs(prompts, ids)
     assert_same_scores(engine.for_adapter("evidence").label_logprobs(prompts, ids), want)
     # The tuned adapter really moves the scores (else parity would say nothing about it).
+    assert np.abs(engine.for_adapter(None).label_logprobs(prompts, ids) - want).max() > 0.1
+
+
+@pytest.fixture(scope="module")
+def evidence_seq_prompts(smollm_tokenizer, ml_small_split):
+    """Real prompts of the fused-seq evidence recipe: 8 users' fused-seq top-20, each candidate
+    with its ranks under fused-seq's generators (the "next" rank included)."""
+    from llmrec.candidates import TrainData, make_generator
+    from llmrec.candidates.evidence import candidate_evidence
+    from llmrec.llm.backend import label_token_ids
+    from llmrec.llm.prompting import PromptRenderer, PromptTemplate
+    from llmrec.pipeline import history_titles
+
+    split, titles = ml_small_split, ml_small_split.catalog.titles
+    seq = make_generator("fused-seq").fit(TrainData(split.catalog, split.sequences("valid")))
+    template = PromptTemplate.load("listwise_evidence")
+    renderer = PromptRenderer(template, smollm_tokenizer, 960)
+    histories = split.histories("valid", np.arange(8))
+    items = seq.candidates(histories, k=20).items
+    evidence = candidate_evidence(seq, histories, items)
+    assert all("next" in ev for ev in evidence[0])  # the sequential evidence is in the prompt
+    prompts = [
+        renderer.render(history_titles(h, split.catalog), [titles[i] for i in row], ev)
+        for h, row, ev in zip(histories, items, evidence)
+    ]
+    return prompts, label_token_ids(smollm_tokenizer, template.labels)
+
+
+def test_fused_seq_evidence_adapter_ranks_the_same_in_vllm_as_in_transformers(
+    engine, smollm_dir, evidence_seq_prompts
+):
+    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
+
+    prompts, ids = evidence_seq_prompts
+    cfg = TransformersConfig(model=str(smollm_dir), adapter=str(EVIDENCE_SEQ_ADAPTER), dtype="float32")
+    want = TransformersBackend(cfg).label_logprobs(prompts, ids)
+    got = engine.for_adapter("evidence-seq").label_logprobs(prompts, ids)
+    assert_same_scores(got, want)
     assert np.abs(engine.for_adapter(None).label_logprobs(prompts, ids) - want).max() > 0.1
