@@ -424,7 +424,7 @@ def serve(ctx, config_file, host, port, verbose, **values) -> None:
         lambda: load_service_config(config_file, typed(ctx, values), {"host": host, "port": port})
     )
     run(lambda: check_bind(settings))  # before any data or model loads
-    parts = run(lambda: build_parts(cfg))
+    parts = run(lambda: build_parts(cfg, settings.adapters))
     service = create_app(
         parts.recommender,
         settings,
@@ -432,6 +432,7 @@ def serve(ctx, config_file, host, port, verbose, **values) -> None:
         params=parts.params,
         allowed=parts.allowed,
         default_n=parts.default_n,
+        adapters=parts.adapters,
     )
     auth = "bearer token required" if settings.api_key else "no API key (loopback only)"
     click.echo(

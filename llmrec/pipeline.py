@@ -12,7 +12,7 @@ The ``build_*`` functions assemble the stages from the typed configs of :mod:`ll
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -270,10 +270,22 @@ def build_retriever(
     return make_generator(name, seed=seed, **config.generator_params.get(name, {})).fit(train)
 
 
-def build_reranker(config: ModelConfig) -> LLMReranker:
-    """Load the LLM engine of ``config`` once and wrap it in an LLMReranker."""
+def build_reranker(config: ModelConfig, adapters: Mapping[str, str] | None = None) -> LLMReranker:
+    """Load the LLM engine of ``config`` once and wrap it in an LLMReranker.
+
+    ``adapters``: more LoRA adapters by name (``LLMReranker.for_adapter`` picks one per call):
+    PEFT folders registered in the engine for 'vllm'; for 'vllm-server' the server serves them
+    already. 'transformers' applies one adapter only, so it refuses any.
+    """
     from llmrec.llm import load_reranker
 
+    if adapters and config.backend == "transformers":
+        raise ConfigError(
+            "the transformers backend applies only the config's adapter; use backend vllm or "
+            "vllm-server to choose adapters per request",
+            parameter="adapters",
+            value=sorted(adapters),
+        )
     engine_options = {
         "transformers": {"device": config.device, "dtype": config.dtype, "threads": config.threads},
         "vllm": {"dtype": config.dtype},
@@ -283,6 +295,8 @@ def build_reranker(config: ModelConfig) -> LLMReranker:
             "retries": config.retries,
         },
     }.get(config.backend, {})
+    if adapters and config.backend == "vllm":
+        engine_options["adapters"] = dict(adapters)
     return load_reranker(
         config.model,
         backend=config.backend,

@@ -75,7 +75,7 @@ def parts(config_file):
     return build_parts(config)
 
 
-def make_app(parts, reranker=None, params=None, **settings):
+def make_app(parts, reranker=None, params=None, adapters=None, **settings):
     """An app over the fitted retriever of ``parts`` and ``reranker`` (None: no LLM)."""
     rec = parts.recommender
     recommender = Recommender(rec.generator, reranker, rec.num_candidates, rec.retriever_weight)
@@ -87,6 +87,7 @@ def make_app(parts, reranker=None, params=None, **settings):
         params=params or parts.params,
         allowed=parts.allowed,
         default_n=parts.default_n,
+        adapters=adapters,
     )
 
 
@@ -219,6 +220,10 @@ BAD_INPUT = [
     ({"user": "1", "fusion_weight": -1}, 422, "fusion_weight", "-1"),
     ({"user": "1", "fusion_weight": "heavy"}, 422, "fusion_weight", "heavy"),
     ({"user": "1", "colour": "red"}, 422, "colour", "red"),
+    ({"user": "1", "domain": "books"}, 400, "domain", "'books': unknown domain; valid: "),
+    ({"user": "1", "domain": 3}, 422, "domain", "3"),
+    ({"user": "1", "adapter": "other"}, 400, "adapter", "'other': unknown adapter; valid: none"),
+    ({"user": "1", "adapter": ["a"]}, 422, "adapter", "['a']"),
 ]
 
 
@@ -423,6 +428,160 @@ def test_batched_requests_rank_as_each_alone_with_shuffles(parts, smollm_tokeniz
         assert got.json()["items"] == alone[0].to_dict()["items"], user
 
 
+# --- per-request domain and adapter ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def arts_office_parts(arts_office_dir, tmp_path_factory):
+    """The two-domain Amazon arts/office data, retriever only, built as `llmrec serve` does."""
+    path = write_config(
+        tmp_path_factory.mktemp("service-domains") / "serve.yaml",
+        arts_office_dir,
+        retriever="itemknn",
+        num_candidates=10,
+        n=5,
+        no_llm=True,
+    )
+    config, _ = load_service_config(path, environ={})
+    return build_parts(config)
+
+
+def test_domain_ranks_only_that_domains_items(arts_office_parts):
+    """``domain`` restricts retrieval to the catalog's items of that domain (overriding the
+    config's target) and ranks as the recommender does with that domain's mask."""
+    parts = arts_office_parts
+    catalog = parts.recommender.catalog
+    assert parts.allowed is None  # no target in the config: every item may come back
+    # a user whose history spans both domains
+    user = next(u for u, s in parts.users.items() if len(set(catalog.domains[s])) == 2)
+    history = History(items=parts.users[user])
+    with TestClient(make_app(parts), raise_server_exceptions=False) as client:
+        got = {d: client.post("/recommend", json={"user": user, "domain": d}) for d in ("office", "arts")}
+        free = client.post("/recommend", json={"user": user, "n": 10})
+        batch = client.post("/recommend/batch", json=[{"user": user, "domain": "office"}, {"user": user}])
+        unknown = client.post("/recommend/batch", json=[{"user": user}, {"user": user, "domain": "Office"}])
+    for domain, response in got.items():
+        assert response.status_code == 200, response.text
+        items = response.json()["items"]
+        assert len(items) == 5
+        assert {catalog.domains[catalog.index_of([i["item_id"]])[0]] for i in items} == {domain}
+        mask = catalog.domain_mask(domain)
+        expected = parts.recommender.recommend([history], n=5, params=parts.params, allowed=mask)
+        assert items == expected[0].to_dict()["items"]
+    assert free.status_code == 200 and len(free.json()["items"]) == 10
+    assert batch.json()["results"][0]["items"] == got["office"].json()["items"]
+    assert unknown.status_code == 400 and unknown.json()["field"] == "requests[1].domain"
+    assert "'Office'" in unknown.json()["message"] and "valid: arts, office" in unknown.json()["message"]
+
+
+class AdapterBackend(PromptHashBackend):
+    """A deterministic stand-in for a multi-adapter engine (vllm, vllm-server) under the real
+    LLMReranker: ``for_adapter`` gives a view whose scores depend on the adapter's name, and
+    every scoring call is recorded as (adapter name, prompt count)."""
+
+    def __init__(self, tokenizer, adapter_name=None, calls=None) -> None:
+        super().__init__(tokenizer)
+        self.adapter_name = adapter_name
+        self.calls = [] if calls is None else calls
+
+    def for_adapter(self, name):
+        return AdapterBackend(self.tokenizer, name, self.calls)
+
+    def label_logprobs(self, prompts, token_ids):
+        self.calls.append((self.adapter_name, len(prompts)))
+        salt = zlib.crc32(str(self.adapter_name).encode())
+        return np.stack(
+            [
+                np.random.default_rng([salt, zlib.crc32(p.encode())]).normal(size=len(token_ids))
+                for p in prompts
+            ]
+        )
+
+
+def test_adapter_is_chosen_per_request_and_batches_split_by_adapter(parts, smollm_tokenizer):
+    from llmrec.llm.reranker import LLMReranker
+
+    backend = AdapterBackend(smollm_tokenizer)
+    reranker = LLMReranker(backend, "listwise_compact")
+    adapters = {"default": None, "arts": "lora-arts", "office": "lora-office"}
+    app = make_app(parts, reranker, adapters=adapters, max_batch_size=8, max_wait_ms=300)
+    service = app.state.service
+    users = ["1", "2", "3", "4", "5"]
+    names = ["arts", "office", "arts", None, "default"]
+    histories = [History(items=parts.users[u]) for u in users]
+    rows = parts.recommender.retrieve(histories, parts.allowed).items
+
+    # one scoring call per adapter, each with only its own requests, results in job order
+    scores = service.score_batch([(h, row, name) for h, row, name in zip(histories, rows, names)])
+    assert backend.calls == [("lora-arts", 2), ("lora-office", 1), (None, 2)]
+    for i, (name, got) in enumerate(zip(names, scores)):
+        alone = reranker if adapters.get(name) is None else reranker.for_adapter(adapters[name])
+        rec = Recommender(parts.recommender.generator, alone, parts.recommender.num_candidates)
+        np.testing.assert_array_equal(got, rec.llm_scores([histories[i]], rows[i : i + 1], parts.params)[0])
+
+    # through HTTP: concurrent requests get each adapter's own ranking
+    backend.calls.clear()
+    bodies = [{"user": u, **({"adapter": a} if a else {})} for u, a in zip(users, names)]
+    responses = asyncio.run(post_concurrently(app, bodies))
+    assert {name for name, _ in backend.calls} == {"lora-arts", "lora-office", None}
+    for body, got in zip(bodies, responses):
+        assert got.status_code == 200 and got.json()["reranked"] is True, got.text
+        target = adapters.get(body.get("adapter"))
+        alone = reranker if target is None else reranker.for_adapter(target)
+        rec = Recommender(parts.recommender.generator, alone, parts.recommender.num_candidates)
+        expected = rec.recommend(
+            [History(items=parts.users[body["user"]])], n=5, params=parts.params, allowed=parts.allowed
+        )
+        assert got.json()["items"] == expected[0].to_dict()["items"], body
+    # the same user under two adapters: two different scorings
+    with TestClient(app, raise_server_exceptions=False) as client:
+        a, b = (
+            client.post("/recommend", json={"user": "1", "adapter": n}).json() for n in ("arts", "office")
+        )
+        unknown = client.post("/recommend", json={"user": "1", "adapter": "books"})
+    assert [i["score"] for i in a["items"]] != [i["score"] for i in b["items"]]
+    assert unknown.status_code == 400 and unknown.json()["field"] == "adapter"
+    assert "'books': unknown adapter; valid: arts, default, office" in unknown.json()["message"]
+
+
+def test_a_single_adapter_backend_accepts_only_its_configured_adapter(parts, smollm_tokenizer):
+    """transformers has no ``for_adapter``: only the configured adapter ('default') is valid, and
+    more adapters are refused when the service is built, before any request."""
+    from llmrec.config import RecommendConfig
+    from llmrec.llm.reranker import LLMReranker
+    from llmrec.pipeline import build_reranker
+
+    reranker = LLMReranker(PromptHashBackend(smollm_tokenizer), "listwise_compact")
+    with TestClient(make_app(parts, reranker, adapters={"default": None})) as client:
+        ok = client.post("/recommend", json={"user": "1", "adapter": "default"})
+        plain = client.post("/recommend", json={"user": "1"})
+        other = client.post("/recommend", json={"user": "1", "adapter": "other"})
+    assert ok.status_code == 200 and ok.json()["items"] == plain.json()["items"]
+    assert other.status_code == 400 and other.json()["field"] == "adapter"
+    assert "valid: default" in other.json()["message"]
+    with pytest.raises(ConfigError, match="adapter='lora-x'"):
+        make_app(parts, reranker, adapters={"x": "lora-x"})
+    with pytest.raises(ConfigError, match="adapters=.*transformers"):
+        build_reranker(RecommendConfig(), {"x": "/nowhere"})  # before any model loads
+
+
+def test_service_adapters_setting(config_file, ml_small_dir, tmp_path):
+    assert load_service_config(config_file, environ={})[1].adapters == {}
+    path = write_config(
+        tmp_path / "a.yaml", ml_small_dir, service={"adapters": {"arts": "runs/arts/adapter"}}
+    )
+    assert load_service_config(path, environ={})[1].adapters == {"arts": "runs/arts/adapter"}
+    env = {"LLMREC_SERVICE_ADAPTERS": "arts=lora-arts,office=lora-office"}
+    assert load_service_config(config_file, environ=env)[1].adapters == {
+        "arts": "lora-arts",
+        "office": "lora-office",
+    }
+    for bad, text in (({"default": "x"}, "other than 'default'"), ({"arts": 3}, "adapters\\[arts\\]=3")):
+        path = write_config(tmp_path / "bad.yaml", ml_small_dir, service={"adapters": bad})
+        with pytest.raises(ConfigError, match=text):
+            load_service_config(path, environ={})
+
+
 # --- micro-batching -------------------------------------------------------------------------
 
 
@@ -595,7 +754,7 @@ def test_openapi_schema_describes_the_endpoints(parts):
         schema = client.get("/openapi.json").json()
     assert {"/recommend", "/recommend/batch", "/health", "/ready", "/metrics"} <= set(schema["paths"])
     props = schema["components"]["schemas"]["RecommendRequest"]["properties"]
-    assert {"user", "history", "n", "fusion_weight"} <= set(props)
+    assert {"user", "history", "n", "fusion_weight", "domain", "adapter"} <= set(props)
     assert "timings" in schema["components"]["schemas"]["RecommendResponse"]["properties"]
 
 
@@ -727,3 +886,67 @@ def test_serve_command_answers_on_loopback_and_stops_gracefully(config_file, tmp
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert f"http://127.0.0.1:{port}" in text and "Application shutdown complete" in text, text
+
+
+@pytest.mark.slow
+def test_request_adapter_scores_with_that_adapter_of_the_vllm_engine(ml_small_dir, smollm_dir, tmp_path):
+    """The in-process vLLM engine with the config's adapter and ``service.adapters``: a request
+    naming "other" is ranked with ``engine.for_adapter("other")``'s scores, one naming none with
+    the config's adapter."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        if os.environ.get("LLMREC_REQUIRE_VLLM") == "1":
+            raise
+        pytest.skip(f"vLLM not installed ({err})")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmrec.llm.reranker import LLMReranker
+
+    def random_adapter(path: Path, seed: int) -> Path:  # non-zero weights: scores differ from the base
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32)
+        lora = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(base, lora).save_pretrained(path)
+        return path
+
+    first, other = random_adapter(tmp_path / "first", 0), random_adapter(tmp_path / "other", 1)
+    path = write_config(
+        tmp_path / "vllm.yaml",
+        ml_small_dir,
+        service={"adapters": {"other": str(other)}},
+        backend="vllm",
+        model=str(smollm_dir),
+        adapter=str(first),
+        dtype="float32",
+        template="listwise_compact",
+        retriever="itemknn",
+        num_candidates=8,
+        n=5,
+    )
+    config, settings = load_service_config(path, environ={})
+    parts = build_parts(config, settings.adapters)
+    assert parts.adapters == {"default": None, "other": "other"}
+    app = create_app(
+        parts.recommender,
+        ServiceSettings(rate_limit_per_s=0, max_batch_size=1),
+        users=parts.users,
+        params=parts.params,
+        default_n=parts.default_n,
+        adapters=parts.adapters,
+    )
+    with TestClient(app) as client:
+        mine = client.post("/recommend", json={"user": "1"})
+        named = client.post("/recommend", json={"user": "1", "adapter": "default"})
+        theirs = client.post("/recommend", json={"user": "1", "adapter": "other"})
+    for got in (mine, named, theirs):
+        assert got.status_code == 200 and got.json()["reranked"] is True, got.text
+    engine = parts.recommender.reranker.backend
+    history = [History(items=parts.users["1"])]
+    for got, backend in ((mine, engine), (named, engine), (theirs, engine.for_adapter("other"))):
+        reranker = LLMReranker(backend, "listwise_compact", config.max_prompt_tokens)
+        rec = Recommender(parts.recommender.generator, reranker, config.num_candidates)
+        assert got.json()["items"] == rec.recommend(history, n=5, params=parts.params)[0].to_dict()["items"]
+    assert [i["score"] for i in mine.json()["items"]] != [i["score"] for i in theirs.json()["items"]]

@@ -7,6 +7,7 @@ Two nouns, after vLLM's ``LLM`` + ``SamplingParams``: a long-lived
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,19 @@ class LLMReranker:
         self.renderer = PromptRenderer(self.template, backend.tokenizer, max_prompt_tokens)
         # Fail at load time, not mid-run, if a label is not one token for this tokenizer.
         self.label_ids = label_token_ids(backend.tokenizer, self.template.labels)
+
+    def for_adapter(self, name: str | None) -> LLMReranker:
+        """This reranker with the backend's adapter ``name`` (``backend.for_adapter``: vllm,
+        vllm-server); the engine, template and prompt budget are shared."""
+        if not hasattr(self.backend, "for_adapter"):
+            raise ConfigError(
+                f"the {type(self.backend).__name__} backend applies only its configured adapter",
+                parameter="adapter",
+                value=name,
+            )
+        view = copy.copy(self)
+        view.backend = self.backend.for_adapter(name)
+        return view
 
     def build_prompts(
         self,

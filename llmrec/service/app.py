@@ -41,17 +41,19 @@ def create_app(
     params: RerankParams | None = None,
     allowed: np.ndarray | None = None,
     default_n: int = 10,
+    adapters: Mapping[str, str | None] | None = None,
 ) -> FastAPI:
     """The service over ``recommender``.
 
     ``users`` maps known user ids to their item indices (oldest first); ``params`` and
     ``allowed`` are what ``llmrec recommend`` passes to ``Recommender.recommend`` (the config's
     shuffles, seed and mode; its target domain); ``default_n`` is the list length a request
-    that gives no ``n`` gets.
+    that gives no ``n`` gets. ``adapters`` maps the names a request may give as ``adapter``
+    to the reranker's adapter (``LLMReranker.for_adapter``; None = the reranker as configured).
     """
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
-    service = RankingService(recommender, settings, metrics, users, params, allowed, default_n)
+    service = RankingService(recommender, settings, metrics, users, params, allowed, default_n, adapters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,8 +77,7 @@ def create_app(
     async def recommend(request: RecommendRequest) -> RecommendResponse:
         """A ranked list for a known user or a typed history."""
         started = time.perf_counter()
-        history, n = service.check(request)
-        return await service.recommend(request, history, n, started)
+        return await service.recommend(request, service.check(request), started)
 
     @app.post("/recommend/batch", response_model=BatchResponse)
     async def recommend_batch(batch: BatchRequest) -> BatchResponse:
@@ -92,7 +93,7 @@ def create_app(
             )
         checked = [service.check(r, prefix=f"requests[{i}].") for i, r in enumerate(batch.requests)]
         results = await asyncio.gather(
-            *(service.recommend(r, h, n, started) for r, (h, n) in zip(batch.requests, checked))
+            *(service.recommend(r, c, started) for r, c in zip(batch.requests, checked))
         )
         return BatchResponse(results=list(results))
 

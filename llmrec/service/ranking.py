@@ -1,11 +1,14 @@
 """The service's ranking: :class:`~llmrec.pipeline.Recommender`'s path, with a micro-batched,
 deadline-bounded LLM stage.
 
-Per request: retrieve (``Recommender.retrieve``, always), then the LLM's scores
+Per request: retrieve (``Recommender.retrieve``, always; among the request's ``domain`` items
+or the config's target), then the LLM's scores
 (``Recommender.llm_scores``, through :class:`~llmrec.service.batcher.MicroBatcher`), then
 ``Recommender.order`` — the same three steps as ``Recommender.rank``, so a request ranks as
 ``llmrec recommend`` does. When the LLM stage fails, times out or the queue is full, the
 retriever's order is returned with the reason; a deadline passed before retrieval ends is a 503.
+A request's ``adapter`` picks the LoRA adapter that scores it (``LLMReranker.for_adapter``); a
+micro-batch is scored in one call per adapter.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,8 +36,20 @@ from llmrec.service.settings import ServiceSettings
 
 logger = logging.getLogger("llmrec.service")
 
-Job = tuple[History, np.ndarray]
-"""What the batcher scores: one history and its candidate row (catalog indices, -1 = padding)."""
+Job = tuple[History, np.ndarray, str | None]
+"""What the batcher scores: one history, its candidate row (catalog indices, -1 = padding) and
+the adapter that scores it (None = the configured reranker)."""
+
+
+@dataclass
+class Checked:
+    """A request's resolved inputs: history, list length, the items it may be given (None = all)
+    and its adapter (None = the configured reranker)."""
+
+    history: History
+    n: int
+    allowed: np.ndarray | None
+    adapter: str | None
 
 
 class RankingService:
@@ -48,6 +64,7 @@ class RankingService:
         params: RerankParams | None = None,
         allowed: np.ndarray | None = None,
         default_n: int = 10,
+        adapters: Mapping[str, str | None] | None = None,
     ) -> None:
         self.recommender = recommender
         self.settings = settings
@@ -57,6 +74,22 @@ class RankingService:
         self.max_n = settings.max_n or recommender.num_candidates
         self.default_n = min(default_n, self.max_n)
         self.resolver = HistoryResolver(recommender.catalog, users or {}, settings.max_history)
+        self.domains = sorted({str(d) for d in recommender.catalog.domains})
+        self._domain_masks: dict[str, np.ndarray] = {}
+        self.recommenders: dict[str | None, Recommender] = {None: recommender}
+        """The recommender per request ``adapter`` (None = the configured reranker)."""
+        if recommender.reranker is not None:
+            for name, target in (adapters or {}).items():
+                self.recommenders[name] = (
+                    recommender  # the configured reranker under a name (e.g. 'default')
+                    if target is None
+                    else Recommender(
+                        recommender.generator,
+                        recommender.reranker.for_adapter(target),
+                        recommender.num_candidates,
+                        recommender.retriever_weight,
+                    )
+                )
         self.batcher: MicroBatcher[Job, np.ndarray] = MicroBatcher(
             self.score_batch,
             max_batch_size=settings.max_batch_size,
@@ -76,32 +109,70 @@ class RankingService:
             self._retrieval = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieve")
 
     def score_batch(self, jobs: list[Job]) -> list[np.ndarray]:
-        """The LLM's scores for a batch of requests (runs in the batcher's thread): one call,
-        unless prompts are shuffled — the reranker seeds each user's shuffles by its position
-        in the call, so each request is scored alone (position 0), as ``llmrec recommend``."""
+        """The LLM's scores for a batch of requests (runs in the batcher's thread): one call per
+        adapter (results in job order), unless prompts are shuffled — the reranker seeds each
+        user's shuffles by its position in the call, so each request is scored alone (position
+        0), as ``llmrec recommend``."""
         if self.params.shuffles > 0 and len(jobs) > 1:
             return [row for job in jobs for row in self.score_batch([job])]
-        histories = [history for history, _ in jobs]
-        items = np.stack([row for _, row in jobs])
-        return self.recommender.llm_scores(histories, items, self.params)
+        groups: dict[int, tuple[Recommender, list[int]]] = {}  # names of one adapter share a call
+        for i, (_, _, adapter) in enumerate(jobs):
+            recommender = self.recommenders[adapter]
+            groups.setdefault(id(recommender), (recommender, []))[1].append(i)
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        for recommender, positions in groups.values():
+            histories = [jobs[i][0] for i in positions]
+            items = np.stack([jobs[i][1] for i in positions])
+            rows = recommender.llm_scores(histories, items, self.params)
+            for i, row in zip(positions, rows, strict=True):
+                out[i] = row
+        return out  # type: ignore[return-value]  # every position is filled
 
-    def check(self, request: RecommendRequest, prefix: str = "") -> tuple[History, int]:
-        """The request's history and list length, or an :class:`InputError`."""
+    def check(self, request: RecommendRequest, prefix: str = "") -> Checked:
+        """The request's history, list length, domain mask and adapter, or an :class:`InputError`."""
         history = self.resolver.resolve(request, prefix)
         n = self.default_n if request.n is None else request.n
         if not 1 <= n <= self.max_n:
             raise InputError(400, prefix + "n", request.n, f"must be between 1 and {self.max_n}")
-        return history, n
+        return Checked(history, n, self.domain_mask(request, prefix), self.adapter(request, prefix))
+
+    def domain_mask(self, request: RecommendRequest, prefix: str = "") -> np.ndarray | None:
+        """The items the request's ``domain`` allows (the config's target when it names none)."""
+        if request.domain is None:
+            return self.allowed
+        if request.domain not in self.domains:
+            raise InputError(
+                400, prefix + "domain", request.domain, f"unknown domain; valid: {', '.join(self.domains)}"
+            )
+        if request.domain not in self._domain_masks:
+            self._domain_masks[request.domain] = self.recommender.catalog.domain_mask(request.domain)
+        return self._domain_masks[request.domain]
+
+    def adapter(self, request: RecommendRequest, prefix: str = "") -> str | None:
+        """The request's ``adapter``, one of the service's (None = the configured reranker)."""
+        if request.adapter is None or request.adapter in self.recommenders:
+            return request.adapter
+        names = sorted(name for name in self.recommenders if name is not None)
+        if self.recommender.reranker is None:
+            valid = "none: no LLM reranker is configured (no_llm)"
+        elif not names:
+            valid = "none: the service has no adapters (service.adapters)"
+        else:
+            valid = ", ".join(names)
+        raise InputError(400, prefix + "adapter", request.adapter, f"unknown adapter; valid: {valid}")
 
     async def recommend(
-        self, request: RecommendRequest, history: History, n: int, started: float | None = None
+        self, request: RecommendRequest, checked: Checked, started: float | None = None
     ) -> RecommendResponse:
         """Retrieve, score (bounded by the deadline) and order one request's candidates."""
         started = time.perf_counter() if started is None else started
+        history = checked.history
         if self._retrieval is None:
             self.start()
         loop = asyncio.get_running_loop()
-        retrieval = loop.run_in_executor(self._retrieval, self.recommender.retrieve, [history], self.allowed)
+        retrieval = loop.run_in_executor(
+            self._retrieval, self.recommender.retrieve, [history], checked.allowed
+        )
         try:  # the deadline bounds retrieval too (a waiting retrieval is cancelled)
             candidates: Candidates = await asyncio.wait_for(retrieval, self._remaining(started))
         except TimeoutError:
@@ -110,12 +181,12 @@ class RankingService:
                 "(service.deadline_s); retry later"
             ) from None
         retrieved = time.perf_counter()
-        scores, reason = await self._llm_scores(history, candidates, started)
+        scores, reason = await self._llm_scores(history, candidates, checked.adapter, started)
         done = time.perf_counter()
         if reason is not None and reason != "llm_disabled":
             self.metrics.fallbacks.labels(reason=reason).inc()
         ranking = self.recommender.order(candidates, scores, request.fusion_weight)
-        ranked = ranking.lists(self.recommender.catalog, n)[0]
+        ranked = ranking.lists(self.recommender.catalog, checked.n)[0]
         self.metrics.stage_latency.labels(stage="retrieve").observe(retrieved - started)
         self.metrics.stage_latency.labels(stage="llm").observe(done - retrieved)
         return RecommendResponse(
@@ -134,7 +205,7 @@ class RankingService:
         )
 
     async def _llm_scores(
-        self, history: History, candidates: Candidates, started: float
+        self, history: History, candidates: Candidates, adapter: str | None, started: float
     ) -> tuple[Sequence[np.ndarray] | None, str | None]:
         """([scores], None), or (None, why the retriever's order stands)."""
         if self.recommender.reranker is None:
@@ -144,7 +215,8 @@ class RankingService:
         if time.monotonic() < self._llm_down_until:
             return None, "llm_unavailable"  # a failing backend is not waited on per request
         try:
-            row = await self.batcher.submit((history, candidates.items[0]), timeout=self._remaining(started))
+            job = (history, candidates.items[0], adapter)
+            row = await self.batcher.submit(job, timeout=self._remaining(started))
         except Overloaded:
             return None, "overloaded"
         except TimeoutError:

@@ -79,6 +79,15 @@ class RecommendRequest(BaseModel):
         description="Fuse the LLM's scores with the retriever's order (0 = LLM alone; default: the "
         "config's retriever_weight).",
     )
+    domain: StrictStr | None = Field(
+        None,
+        description="Rank only this domain's items (a domain of the catalog; default: the config's target).",
+    )
+    adapter: StrictStr | None = Field(
+        None,
+        description="The LoRA adapter that scores this request: a name of the service's `adapters` "
+        "('default' = the config's adapter; default: the configured reranker).",
+    )
 
     @field_validator("fusion_weight")
     @classmethod

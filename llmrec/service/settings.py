@@ -40,6 +40,12 @@ class ServiceSettings(Settings):
         "After an LLM failure, answer in the retriever's order without calling the LLM for this long "
         "(reason llm_unavailable), instead of waiting on a failing backend per request; 0 = off.",
     )
+    adapters: dict[str, str] = setting(
+        {},
+        "More LoRA adapters a request may name (its `adapter` field): name -> PEFT adapter folder, "
+        "loaded into the engine, for backend vllm; name -> the server's LoRA module name for "
+        "vllm-server. 'default' is the config's own adapter.",
+    )
     max_history: int = setting(200, "Most history entries a request may send.")
     max_n: int | None = setting(None, "Longest ranked list a request may ask for (default: num_candidates).")
     max_body_bytes: int = setting(65536, "Largest request body in bytes (413 beyond).")
@@ -63,6 +69,19 @@ class ServiceSettings(Settings):
         for name in ("max_wait_ms", "rate_limit_per_s", "graceful_shutdown_s", "llm_cooldown_s"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be >= 0", parameter=name, value=getattr(self, name))
+        for name, target in self.adapters.items():
+            if not isinstance(name, str) or not name.strip() or name == "default":
+                raise ConfigError(
+                    "adapter names must be non-empty strings other than 'default' (the config's adapter)",
+                    parameter="adapters",
+                    value=name,
+                )
+            if not isinstance(target, str) or not target.strip():
+                raise ConfigError(
+                    "must be a PEFT adapter folder (vllm) or a served LoRA name (vllm-server)",
+                    parameter=f"adapters[{name}]",
+                    value=target,
+                )
         if self.port > 65535:
             raise ConfigError("must be a TCP port (1-65535)", parameter="port", value=self.port)
         if self.api_key is not None:  # the header's token is stripped, so the key is too
