@@ -867,6 +867,9 @@ def test_serve_command_answers_on_loopback_and_stops_gracefully(config_file, tmp
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # As in a terminal: a background job of a script inherits SIGINT ignored, and then
+        # Python never raises KeyboardInterrupt (exit 0, not the CLI's 130).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         url = f"http://127.0.0.1:{port}"
