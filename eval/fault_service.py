@@ -129,20 +129,12 @@ class ServiceThread:
 
 def build_app(config_values: dict[str, Any], service_values: dict[str, Any]):
     """The service over ``config_values`` (a recommend config), as ``llmrec serve`` builds it."""
-    from llmrec.service import build_parts, create_app, load_service_config
+    from llmrec.service import build_parts, create_app_from_parts, load_service_config
 
     config, settings = load_service_config(
         None, overrides=config_values, service_overrides=service_values, environ={}
     )
-    parts = build_parts(config)
-    return create_app(
-        parts.recommender,
-        settings,
-        users=parts.users,
-        params=parts.params,
-        allowed=parts.allowed,
-        default_n=parts.default_n,
-    )
+    return create_app_from_parts(build_parts(config), settings)
 
 
 # --- load and outcomes ----------------------------------------------------------------------

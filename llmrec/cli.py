@@ -25,9 +25,8 @@ from llmrec.config import (
     RecommendConfig,
     RetrieverConfig,
     Settings,
-    from_dict,
     load_config,
-    read_yaml,
+    load_recommend_config,
 )
 from llmrec.errors import LlmrecError
 from llmrec.evaluation.config import EvalConfig
@@ -110,15 +109,9 @@ def build(cls: type[Settings], ctx: click.Context, config_file: Path | None, val
 
 def build_recommend(ctx: click.Context, config_file: Path | None, values: dict[str, Any]) -> RecommendConfig:
     """As :func:`build` for RecommendConfig, skipping the file's ``service:`` section (the
-    settings of ``llmrec serve``), so one config file drives both commands."""
-
-    def load() -> RecommendConfig:
-        file_values = read_yaml(config_file) if config_file is not None else {}
-        file_values.pop("service", None)
-        where = str(config_file) if config_file is not None else "config"
-        return from_dict(RecommendConfig, {**file_values, **typed(ctx, values)}, where=where)
-
-    return run(load)
+    settings of ``llmrec serve``, :func:`~llmrec.config.load_recommend_config`), so one config
+    file drives both commands."""
+    return run(lambda: load_recommend_config(config_file, typed(ctx, values))[0])
 
 
 def fail(message: object) -> typing.NoReturn:
@@ -198,6 +191,7 @@ def _retriever_and_history(cfg: Any, user: str | None, history: str | None, need
     """The fitted (or loaded) retriever of ``cfg`` and the History of --user or --history."""
     from llmrec.candidates.base import TrainData
     from llmrec.data import History, ItemCatalog
+    from llmrec.data.catalog import split_titles
     from llmrec.data.split import user_sequences
     from llmrec.pipeline import build_retriever, prepare_data
 
@@ -219,9 +213,9 @@ def _retriever_and_history(cfg: Any, user: str | None, history: str | None, need
             )
         hist = History(items=seqs[pos[user]])
     elif history is not None:
-        titles = [t.strip() for t in history.split(";") if t.strip()]
+        titles = split_titles(history)
         hist = History.from_titles(titles, retriever.catalog)
-        unmatched = [t.strip() for t in hist.text.split(";") if t.strip()]
+        unmatched = split_titles(hist.text)
         if unmatched:
             click.echo(
                 f"note: {len(unmatched)} of {len(titles)} titles not in the catalog (used as text): "
@@ -416,7 +410,7 @@ def finetune(ctx, config_file, verbose, **values) -> None:
 def serve(ctx, config_file, host, port, verbose, **values) -> None:
     """HTTP recommendation service: the same ranking as `recommend`, settings from --config
     (plus its `service:` section and $LLMREC_SERVICE_* variables); Ctrl-C stops it."""
-    from llmrec.service import build_parts, check_bind, create_app, load_service_config
+    from llmrec.service import build_parts, check_bind, create_app_from_parts, load_service_config
     from llmrec.service import serve as run_service
 
     _setup_logging(verbose)
@@ -425,15 +419,7 @@ def serve(ctx, config_file, host, port, verbose, **values) -> None:
     )
     run(lambda: check_bind(settings))  # before any data or model loads
     parts = run(lambda: build_parts(cfg, settings.adapters))
-    service = create_app(
-        parts.recommender,
-        settings,
-        users=parts.users,
-        params=parts.params,
-        allowed=parts.allowed,
-        default_n=parts.default_n,
-        adapters=parts.adapters,
-    )
+    service = create_app_from_parts(parts, settings)
     auth = "bearer token required" if settings.api_key else "no API key (loopback only)"
     click.echo(
         f"llmrec service on http://{settings.host}:{settings.port} ({auth}); "

@@ -16,6 +16,7 @@ import json
 import types
 import typing
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -297,3 +298,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
     values = read_yaml(path) if path is not None else {}
     values.update(overrides or {})
     return from_dict(cls, values, where=str(path) if path is not None else "config")
+
+
+def load_recommend_config(
+    path: str | Path | None, overrides: Mapping[str, Any] | None = None
+) -> tuple[RecommendConfig, Any]:
+    """As :func:`load_config` for :class:`RecommendConfig`, with the file's ``service:`` section
+    (the settings of ``llmrec serve``) set apart: returned as it is (None when absent), so one
+    config file drives both ``llmrec recommend`` and ``llmrec serve``."""
+    values = read_yaml(path) if path is not None else {}
+    section = values.pop("service", None)
+    where = str(path) if path is not None else "config"
+    return from_dict(RecommendConfig, {**values, **(overrides or {})}, where=where), section

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData
-from llmrec.data.catalog import History, ItemCatalog
+from llmrec.data.catalog import History, ItemCatalog, split_titles
 from llmrec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Ranking:
 def history_titles(history: History, catalog: ItemCatalog) -> list[str]:
     """Titles the prompt shows: known items (oldest first), then typed titles not in the catalog."""
     titles = [catalog.titles[int(i)] for i in history.items]
-    titles += [t.strip() for t in history.text.split(";") if t.strip()]
+    titles += split_titles(history.text)
     return titles
 
 

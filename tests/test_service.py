@@ -31,7 +31,14 @@ from llmrec.data.catalog import History
 from llmrec.errors import ConfigError
 from llmrec.llm.prompting import PromptTemplate
 from llmrec.pipeline import Recommender
-from llmrec.service import ServiceSettings, build_parts, check_bind, create_app, load_service_config
+from llmrec.service import (
+    ServiceSettings,
+    build_parts,
+    check_bind,
+    create_app,
+    create_app_from_parts,
+    load_service_config,
+)
 from llmrec.service.batcher import MicroBatcher
 from llmrec.service.security import TokenBuckets
 from llmrec.service.server import uvicorn_config
@@ -80,13 +87,11 @@ def make_app(parts, reranker=None, params=None, adapters=None, **settings):
     rec = parts.recommender
     recommender = Recommender(rec.generator, reranker, rec.num_candidates, rec.retriever_weight)
     base = {"max_history": 6, "max_body_bytes": 4096, "max_batch_requests": 4, "rate_limit_per_s": 0}
-    return create_app(
-        recommender,
+    return create_app_from_parts(
+        parts,
         ServiceSettings(**{**base, **settings}),
-        users=parts.users,
-        params=params or parts.params,
-        allowed=parts.allowed,
-        default_n=parts.default_n,
+        recommender=recommender,
+        params=params,
         adapters=adapters,
     )
 
@@ -892,16 +897,12 @@ def test_serve_command_answers_on_loopback_and_stops_gracefully(config_file, tmp
 
 
 @pytest.mark.slow
-def test_request_adapter_scores_with_that_adapter_of_the_vllm_engine(ml_small_dir, smollm_dir, tmp_path):
+def test_request_adapter_scores_with_that_adapter_of_the_vllm_engine(
+    ml_small_dir, smollm_dir, tmp_path, require_vllm
+):
     """The in-process vLLM engine with the config's adapter and ``service.adapters``: a request
     naming "other" is ranked with ``engine.for_adapter("other")``'s scores, one naming none with
     the config's adapter."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
-        if os.environ.get("LLMREC_REQUIRE_VLLM") == "1":
-            raise
-        pytest.skip(f"vLLM not installed ({err})")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -932,14 +933,7 @@ def test_request_adapter_scores_with_that_adapter_of_the_vllm_engine(ml_small_di
     config, settings = load_service_config(path, environ={})
     parts = build_parts(config, settings.adapters)
     assert parts.adapters == {"default": None, "other": "other"}
-    app = create_app(
-        parts.recommender,
-        ServiceSettings(rate_limit_per_s=0, max_batch_size=1),
-        users=parts.users,
-        params=parts.params,
-        default_n=parts.default_n,
-        adapters=parts.adapters,
-    )
+    app = create_app_from_parts(parts, ServiceSettings(rate_limit_per_s=0, max_batch_size=1))
     with TestClient(app) as client:
         mine = client.post("/recommend", json={"user": "1"})
         named = client.post("/recommend", json={"user": "1", "adapter": "default"})

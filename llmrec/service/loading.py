@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec.config import RecommendConfig, from_dict, read_yaml
+from llmrec.config import RecommendConfig, load_recommend_config
 from llmrec.llm.reranker import RerankParams
 from llmrec.pipeline import Recommender
 from llmrec.service.settings import ServiceSettings, service_settings
@@ -31,10 +31,8 @@ def load_service_config(
 ) -> tuple[RecommendConfig, ServiceSettings]:
     """The recommend settings (defaults < file < ``overrides``) and the service settings
     (defaults < the file's ``service:`` < ``LLMREC_SERVICE_*`` < ``service_overrides``)."""
-    values = read_yaml(path) if path is not None else {}
-    section = values.pop("service", None)
+    config, section = load_recommend_config(path, overrides)
     where = str(path) if path is not None else "config"
-    config = from_dict(RecommendConfig, {**values, **(overrides or {})}, where=where)
     settings = service_settings(
         section, os.environ if environ is None else environ, service_overrides, where=f"{where}: service"
     )
