@@ -7,10 +7,14 @@ sequential transitions from the user's last items (``transition``, which the fus
 components lack), and the LLM's label log-probs (log-softmax over the list). The model is fit
 on the validation stage (generators fit without the validation items) and applied to the test
 stage; users whose held-out item was not retrieved keep the retriever's rank (LlamaRec
-protocol). ``--windows N`` adds N earlier training windows (the 1..N items before each
-validation item, generators refit on what came before them); the penalty is then chosen on
-validation out of sample. Feature sets are ablated, each against the fused retriever by a
-paired bootstrap over all users, and each LLM set against the same set without the LLM.
+protocol). ``--item-encoders`` adds, per encoder, the cosine similarity of each candidate to
+the user's recency-weighted history vector (:class:`EmbeddingGenerator`): a sentence encoder
+(``all-minilm-l6-v2``) is a content feature, an LLM (``smollm2-135m-instruct``: its mean-pooled
+last hidden states) an LLM feature, ablated as such. ``--windows N`` adds N earlier training
+windows (the 1..N items before each validation item, generators refit on what came before
+them); the penalty is then chosen on validation out of sample. Feature sets are ablated, each
+against the fused retriever by a paired bootstrap over all users, and each LLM set against the
+same set without the LLM.
 
     python eval/exp_combiner.py eval/ml-latest-small.yaml --windows 4 --out eval/results/combiner.json
 
@@ -30,6 +34,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from llmrec.candidates.base import TrainData
+from llmrec.candidates.embedding import DEFAULT_ENCODER, EmbeddingGenerator
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint, digest
 from llmrec.evaluation.experiment import (
@@ -43,6 +48,7 @@ from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
 from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.llm.models import resolve_model
 from llmrec.llm.reranker import RerankParams
 from llmrec.pipeline import prepare_data
 
@@ -64,13 +70,37 @@ def _zscore(v: np.ndarray) -> np.ndarray:
     return (v - v.mean(1, keepdims=True)) / (v.std(1, keepdims=True) + 1e-9)
 
 
+def encoder_feature(name: str) -> str:
+    """The feature name of an item encoder: LLMs' start with "llm", so they are ablated as LLM
+    features."""
+    return f"content:{name}" if name == DEFAULT_ENCODER else f"llm_embed:{name}"
+
+
+def fit_encoders(names: list[str], train: TrainData) -> dict[str, EmbeddingGenerator]:
+    """One embedding generator per encoder (item vectors depend on the catalog's texts only, so
+    one fit serves every stage and window); LLM names resolve to their model folders."""
+    out = {}
+    for name in names:
+        path = name if name == DEFAULT_ENCODER else resolve_model(name)
+        out[encoder_feature(name)] = EmbeddingGenerator(encoder=path, batch_size=32).fit(train)
+    return out
+
+
 def stage_features(
-    run: EvalRun, split, users: np.ndarray, stage: str, reranker, short: int, window: int = 0
+    run: EvalRun,
+    split,
+    users: np.ndarray,
+    stage: str,
+    reranker,
+    short: int,
+    window: int = 0,
+    encoders: dict[str, EmbeddingGenerator] | None = None,
 ) -> dict:
     """Candidate lists, features and target positions of the retrieved users of ``stage``.
 
     ``window`` > 0: ``split`` is the suite's split shifted back that many steps
     (:meth:`LeaveOneOutSplit.shifted`), an extra training window for the combiner.
+    ``encoders``: feature name -> fitted embedding generator, one similarity feature each.
     """
     name, cfg = reranker
     split_key = digest("loo", run.fingerprint, run.config.order)
@@ -108,6 +138,8 @@ def stage_features(
     feats["llm"] = np.stack([log_softmax(x) for x in scored.scores])
     is_short = np.array([len(h.items) <= short for h in shown], dtype=float)[:, None]
     feats["llm_short"] = feats["llm"] * is_short
+    for feature, gen in (encoders or {}).items():
+        feats[feature] = _zscore(picked(gen))
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
         "sel": sel,
@@ -174,14 +206,16 @@ def fit_with_windows(
     return v_best, l2, fit_combiner(every, names, l2 * len(every["target"]) / len(train["target"]))
 
 
-def window_features(run: EvalRun, split, reranker, short: int, n: int) -> list[dict]:
+def window_features(
+    run: EvalRun, split, reranker, short: int, n: int, encoders: dict[str, EmbeddingGenerator]
+) -> list[dict]:
     """Validation-stage features of ``n`` extra windows, 1..n steps before the suite's validation
     item (generators refit on each window's training part)."""
     out = []
     for window in range(1, n + 1):
         shifted = split.shifted(window)
         users = shifted.eval_users("valid")
-        out.append(stage_features(run, shifted, users, "valid", reranker, short, window))
+        out.append(stage_features(run, shifted, users, "valid", reranker, short, window, encoders))
     return out
 
 
@@ -210,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         help="extra training windows: fit also on the 1..N items before each validation item "
         "(generators and LLM scores recomputed per window; cached)",
     )
+    parser.add_argument(
+        "--item-encoders",
+        nargs="*",
+        default=[],
+        help=f"item encoders whose history similarity is a feature: {DEFAULT_ENCODER!r} (content) "
+        "or an LLM name / folder (its hidden states; an LLM feature)",
+    )
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
     ((_, config),) = suite.run_configs()[:1]
@@ -222,16 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.reranker is not None and args.reranker not in names:
         parser.error(f"--reranker {args.reranker!r} is not in {args.suite}; its rerankers: {names}")
     reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
-    valid = stage_features(run, split, users, "valid", reranker, args.short)
-    test = stage_features(run, split, users, "test", reranker, args.short)
-    windows = window_features(run, split, reranker, args.short, args.windows)
+    encoders = fit_encoders(args.item_encoders, TrainData(split.catalog, split.sequences("test")))
+    valid = stage_features(run, split, users, "valid", reranker, args.short, encoders=encoders)
+    test = stage_features(run, split, users, "test", reranker, args.short, encoders=encoders)
+    windows = window_features(run, split, reranker, args.short, args.windows, encoders)
+    feature_sets = dict(FEATURE_SETS)
+    full = FEATURE_SETS["components + transitions"]
+    for feature in encoders:
+        feature_sets[f"components + transitions + {feature}"] = [*full, feature]
+        feature_sets[f"components + transitions + {feature} + LLM"] = [*full, feature, "llm"]
     base = ndcg_at_k(test["ranked"].ranks, 10)
     idx = bootstrap_indices(len(base), config.bootstrap, config.seed)
     rows = [
         {"features": f"{config.retriever} retriever", "ndcg@10": mean_ci(base, idx), "valid_ndcg@10": None}
     ]
     per_set: dict[tuple[str, ...], np.ndarray] = {}
-    for label, names in FEATURE_SETS.items():
+    for label, names in feature_sets.items():
         v_best, l2, w = fit_with_windows(valid, windows, names, args.l2)
         ranks = combined_ranks(test, names, w)
         nd = ndcg_at_k(ranks, 10)
