@@ -441,8 +441,15 @@ def serve(ctx, config_file, host, port, verbose, **values) -> None:
 @click.option(
     "--dtype", default="auto", show_default=True, help="auto (bf16 on GPU / native-bf16 CPUs, else fp32)."
 )
+@click.option(
+    "--cpu-bind",
+    default="all",
+    show_default=True,
+    help="CPU only: the cores vLLM computes on: all, auto (vLLM's: one core kept for its scheduler), "
+    "nobind, or a list like 0-3.",
+)
 @verbose_option
-def serve_model(model, lora, host, port, max_model_len, dtype, verbose) -> None:
+def serve_model(model, lora, host, port, max_model_len, dtype, cpu_bind, verbose) -> None:
     """Start a local vLLM OpenAI-compatible server for `--backend vllm-server`; Ctrl-C stops it."""
     from llmrec.llm.vllm_server import VLLMServer
 
@@ -453,8 +460,16 @@ def serve_model(model, lora, host, port, max_model_len, dtype, verbose) -> None:
         if not sep or not name or not path:
             fail(f"--lora must be NAME=ADAPTER_FOLDER, got {spec!r}")
         adapters[name] = path
-    server = VLLMServer(
-        model=model, adapters=adapters, host=host, port=port, max_model_len=max_model_len, dtype=dtype
+    server = run(
+        lambda: VLLMServer(
+            model=model,
+            adapters=adapters,
+            host=host,
+            port=port,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            cpu_bind=cpu_bind,
+        )
     )
     run(server.start)
     click.echo(

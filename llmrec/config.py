@@ -155,11 +155,21 @@ class ModelConfig(Settings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = setting(
         "auto", "auto: bf16 on GPU and CPUs with native bf16, else float32."
     )
-    threads: int | None = setting(None, "CPU threads for torch (default: torch's).")
+    threads: int | None = setting(
+        None, "transformers on CPU: torch threads while this engine computes (default: torch's)."
+    )
+    cpu_bind: str = setting(
+        "all",
+        "vllm on CPU: the cores the engine computes on: all (every core this process may use), auto "
+        "(vLLM's choice: one core kept for its scheduler), nobind, or a list like 0-3.",
+    )
     batch_size: int = setting(8, "Prompts per forward pass.")
 
     def _validate(self) -> None:
         require_positive(self, "max_prompt_tokens", "batch_size", "threads")
+        from llmrec.llm.vllm_backend import cpu_bind_env
+
+        cpu_bind_env(self.cpu_bind)  # a malformed value fails here, not when vLLM starts
         apply_adapter_manifest(self)
 
 

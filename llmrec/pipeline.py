@@ -288,7 +288,7 @@ def build_reranker(config: ModelConfig, adapters: Mapping[str, str] | None = Non
         )
     engine_options = {
         "transformers": {"device": config.device, "dtype": config.dtype, "threads": config.threads},
-        "vllm": {"dtype": config.dtype},
+        "vllm": {"dtype": config.dtype, "cpu_bind": config.cpu_bind},
         "vllm-server": {
             "connect_timeout_s": config.connect_timeout_s,
             "read_timeout_s": config.read_timeout_s,

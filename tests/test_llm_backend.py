@@ -232,3 +232,25 @@ def test_offline_model_in_parts_is_joined_and_converted(tmp_path, monkeypatch, s
     ours, reference = load_file(folder / "model.safetensors"), load_file(smollm_dir / "model.safetensors")
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
+def test_threads_apply_while_the_backend_computes_and_are_restored_after(smollm_dir):
+    import torch
+
+    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig, torch_threads
+
+    before = torch.get_num_threads()
+    one = TransformersBackend(TransformersConfig(model=str(smollm_dir), device="cpu", threads=1))
+    assert torch.get_num_threads() == before  # loading sets nothing process-wide
+    seen = []
+    forward = one.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return forward(*args, **kwargs)
+
+    one.model.forward = spy
+    one.label_logprobs(["Pick one: A or B? Answer:"], [one.tokenizer.encode(" A")[0]])
+    assert seen == [1] and torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

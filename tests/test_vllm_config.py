@@ -128,3 +128,52 @@ def test_client_retries_a_failing_server_and_reads_choices_by_index(smollm_dir):
     # prompt i of each request: -(i + k) for label k; the second request holds prompt "c" as its 0
     np.testing.assert_allclose(got, [[0, -1], [-1, -2], [0, -1]])
     assert _Flaky.calls == 3  # one 503 retried, then two requests
+
+
+def test_cpu_bind_uses_every_allowed_core_and_reserves_none_by_default(monkeypatch):
+    from llmrec.llm.vllm_backend import apply_cpu_bind, cpu_bind_env
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    assert cpu_bind_env("all") == {"VLLM_CPU_OMP_THREADS_BIND": "0-2,5", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu_bind_env("auto") == {}  # vLLM's own choice
+    assert cpu_bind_env("nobind") == {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    assert cpu_bind_env("0,2-3")["VLLM_CPU_OMP_THREADS_BIND"] == "0,2-3"
+    for bad in ("0-", "cores", "1;2"):
+        with pytest.raises(ConfigError, match="cpu_bind"):
+            VLLMConfig(cpu_bind=bad)
+    # What the user exported wins over the default.
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "1"}
+    apply_cpu_bind(env, "all")
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def test_the_vllm_server_process_gets_the_cpu_binding(tmp_path, monkeypatch, smollm_dir):
+    """The server's environment, as `start` builds it (the process itself is not started)."""
+    import subprocess
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def fake_popen(argv, stdout, stderr, env):
+        seen.update(env)
+        raise Started
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    monkeypatch.setattr("llmrec.llm.vllm_backend.import_vllm", lambda: None)
+    server = VLLMServer(model=str(smollm_dir), port=free_port(), cpu_bind="0", log_file=str(tmp_path / "log"))
+    with pytest.raises(Started):
+        server.start()
+    assert seen["VLLM_CPU_OMP_THREADS_BIND"] == "0" and seen["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def test_config_refuses_a_malformed_cpu_bind_naming_it():
+    from llmrec.config import RecommendConfig
+
+    with pytest.raises(ConfigError, match="cpu_bind.*0-x"):
+        RecommendConfig(cpu_bind="0-x")
+    result = CliRunner().invoke(app, ["serve-model", "--cpu-bind", "x"])
+    assert result.exit_code != 0 and "cpu_bind" in result.output

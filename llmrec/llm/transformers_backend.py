@@ -32,7 +32,7 @@ class TransformersConfig:
     (emulated bf16 is several times slower than float32 on an AVX2-only CPU)."""
     batch_size: int = 8
     threads: int | None = None
-    """CPU threads for torch (None = torch's default)."""
+    """CPU threads for torch while this backend computes (None = the process's setting)."""
 
     def __post_init__(self) -> None:
         if self.quantization not in ("none", "4bit", "8bit"):
@@ -43,6 +43,24 @@ class TransformersConfig:
             check_adapter_folder(self.adapter)
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``n`` inside the block and restored after, so one
+    backend's setting does not leak into the rest of the process (None: unchanged). The count
+    is process-wide while the block runs: two backends computing at once share it."""
+    import torch
+
+    if not n or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class CausalLMScorer:
     """:class:`~llmrec.llm.backend.ScoringBackend` over an already-loaded causal LM.
 
@@ -51,11 +69,15 @@ class CausalLMScorer:
     log-softmax over the vocabulary for the requested token ids.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, model_name: str, batch_size: int = 8) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, model_name: str, batch_size: int = 8, threads: int | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.batch_size = batch_size
+        self.threads = threads
+        """torch's CPU threads during this scorer's calls (None: leave the process's setting)."""
 
     @property
     def device(self) -> Any:
@@ -65,7 +87,7 @@ class CausalLMScorer:
     def _scoring(self) -> Iterator[None]:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             yield
 
     def _batches(self, prompts: Sequence[str]) -> Iterator[tuple[list[int], dict[str, Any]]]:
@@ -126,8 +148,6 @@ class TransformersBackend(CausalLMScorer):
         from transformers import AutoTokenizer
 
         self.config = config = config or TransformersConfig()
-        if config.threads:
-            torch.set_num_threads(config.threads)
         path = resolve_model(config.model)
         device = pick_device(config.device)
         dtype = getattr(torch, resolve_dtype(config.dtype, device))
@@ -138,4 +158,4 @@ class TransformersBackend(CausalLMScorer):
 
             model = PeftModel.from_pretrained(model, config.adapter)
         model.eval()
-        super().__init__(model, tokenizer, config.model, config.batch_size)
+        super().__init__(model, tokenizer, config.model, config.batch_size, config.threads)

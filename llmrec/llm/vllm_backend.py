@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,56 @@ def import_vllm() -> Any:
     return vllm
 
 
+CPU_BIND_CHOICES = (
+    "'all' (every CPU this process may use, none reserved), 'auto' (vLLM's own choice: one "
+    "logical CPU per physical core, one core kept for its scheduler), 'nobind', or a CPU list "
+    "such as '0-3' or '0,2,4'"
+)
+_CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def _cpu_ranges(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    parts, run = [], [cpus[0]]
+    for c in cpus[1:]:
+        if c == run[-1] + 1:
+            run.append(c)
+        else:
+            parts.append(run)
+            run = [c]
+    parts.append(run)
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in parts)
+
+
+def cpu_bind_env(bind: str) -> dict[str, str]:
+    """The vLLM CPU environment (``VLLM_CPU_OMP_THREADS_BIND``, ``VLLM_CPU_NUM_OF_RESERVED_CPU``)
+    for ``bind`` (see :data:`CPU_BIND_CHOICES`).
+
+    vLLM's 'auto' keeps a core for a scheduler process and binds one thread per physical core: on
+    a 2-core machine it computes on one core and leaves the other idle. 'all' binds the worker to
+    every CPU in this process's affinity mask and reserves none, which suits the in-process
+    engine (no separate scheduler process) and small machines.
+    """
+    if bind == "auto":
+        return {}
+    if bind == "nobind":
+        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    if bind == "all":
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not cpus:
+            return {}
+        bind = _cpu_ranges(cpus)
+    elif not _CPU_LIST.match(bind):
+        raise ConfigError(f"must be {CPU_BIND_CHOICES}", parameter="cpu_bind", value=bind)
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def apply_cpu_bind(env: dict[str, str] | os._Environ, bind: str) -> None:
+    """Set :func:`cpu_bind_env` in ``env`` where the user has not set those variables already."""
+    for key, value in cpu_bind_env(bind).items():
+        env.setdefault(key, value)
+
+
 @dataclass
 class VLLMConfig:
     """How to start the in-process engine (fields after ``vllm.LLM``'s arguments)."""
@@ -69,6 +120,9 @@ class VLLMConfig:
     enable_prefix_caching: bool = True
     kv_cache_gib: float = 2.0
     """CPU only: KV cache size (``VLLM_CPU_KVCACHE_SPACE``, GiB)."""
+    cpu_bind: str = "all"
+    """CPU only: the cores the engine computes on (:data:`CPU_BIND_CHOICES`); variables already
+    set in the environment win."""
     gpu_memory_utilization: float = 0.85
     seed: int = 0
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +133,7 @@ class VLLMConfig:
             raise ConfigError("must be >= 64", parameter="max_model_len", value=self.max_model_len)
         if self.kv_cache_gib <= 0:
             raise ConfigError("must be > 0", parameter="kv_cache_gib", value=self.kv_cache_gib)
+        cpu_bind_env(self.cpu_bind)  # refuses a malformed value before the engine starts
         for name, path in self.all_adapters().items():
             check_adapter_folder(path, "adapter" if name == "default" else f"adapters[{name}]")
 
@@ -124,6 +179,7 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.kv_cache_gib))))
             # One process: no worker re-importing __main__, so no `if __name__ == "__main__"` needed.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            apply_cpu_bind(os.environ, config.cpu_bind)
         self.model_name = config.model
         path = resolve_model(config.model)
         adapters = config.all_adapters()

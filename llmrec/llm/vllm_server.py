@@ -41,11 +41,18 @@ class VLLMServer:
     max_model_len: int = 2048
     max_lora_rank: int = 16
     kv_cache_gib: float = 2.0
+    cpu_bind: str = "all"
+    """CPU only: the cores the server computes on (see ``vllm_backend.CPU_BIND_CHOICES``)."""
     startup_timeout_s: float = 900.0
     extra_args: list[str] = field(default_factory=list)
     log_file: str | None = None
     """Server output goes here (default: a temporary file named in errors)."""
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from llmrec.llm.vllm_backend import cpu_bind_env
+
+        cpu_bind_env(self.cpu_bind)  # a malformed value fails here, not in the child process
 
     @property
     def base_url(self) -> str:
@@ -83,7 +90,7 @@ class VLLMServer:
 
     def start(self) -> VLLMServer:
         """Start the process and wait until it answers (or fail with its log's tail)."""
-        from llmrec.llm.vllm_backend import import_vllm
+        from llmrec.llm.vllm_backend import apply_cpu_bind, import_vllm
 
         import_vllm()  # a clear install hint instead of a dead child process
         if _port_in_use(self.host, self.port):
@@ -95,6 +102,7 @@ class VLLMServer:
             self.log_file = tempfile.mkstemp(prefix="llmrec-vllm-", suffix=".log")[1]
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.kv_cache_gib))))
+        apply_cpu_bind(env, self.cpu_bind)
         logger.info("starting vLLM server: %s (log %s)", " ".join(argv), self.log_file)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
