@@ -1,7 +1,7 @@
 """Write the README's result tables from the committed suite reports (eval/reports/*/report.json).
 
-Each table sits between ``<!-- report:SUITE[:RUN[:GROUP]] -->`` (or ``<!-- report:file:NAME.md -->``,
-a table an experiment script wrote there) and ``<!-- /report -->`` in the
+Each table sits between ``<!-- report:SUITE[:RUN[:GROUP]][; columns=METRIC,...] -->`` (or
+``<!-- report:file:NAME.md -->``, a table an experiment script wrote there) and ``<!-- /report -->`` in the
 README; this script replaces what is between the markers with a table generated from the
 report, so no result in the README is typed by hand.
 
@@ -20,6 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"(<!-- report:(?P<spec>[^\n]+?) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
 COLUMNS = ("ndcg@10", "recall@10")
+"""The metrics shown with their CIs unless the marker names others (``; columns=ndcg@10,recall@20``);
+the paired difference is the first one's."""
+_LABELS = {"ndcg": "NDCG", "recall": "Recall", "mrr": "MRR"}
+
+
+def _label(metric: str) -> str:
+    name, _, k = metric.partition("@")
+    return _LABELS.get(name, name) + (f"@{k}" if k else "")
 
 
 def _ci(row: dict) -> str:
@@ -34,10 +42,13 @@ def _diff(c: dict | None) -> str:
 
 
 def table(reports: Path, spec: str) -> str:
-    """The Markdown table of ``SUITE[:RUN[:GROUP]]`` (run default: the only run; group: all),
-    or ``file:NAME.md``: a table an experiment script wrote into the reports folder."""
+    """The Markdown table of ``SUITE[:RUN[:GROUP]]`` (run default: the only run; group: all;
+    ``; columns=...``: the metrics with CIs, default :data:`COLUMNS`), or ``file:NAME.md``: a
+    table an experiment script wrote into the reports folder."""
     if spec.startswith("file:"):
         return (reports / spec[len("file:") :]).read_text(encoding="utf-8")
+    spec, _, names = spec.partition("; columns=")
+    columns = tuple(c.strip() for c in names.split(",") if c.strip()) or COLUMNS
     suite, _, rest = spec.partition(":")
     run_name, _, group = rest.partition(":")
     report = json.loads((reports / suite / "report.json").read_text(encoding="utf-8"))
@@ -49,10 +60,14 @@ def table(reports: Path, spec: str) -> str:
     comps = {(c["method"], c["metric"]): c for c in body["comparisons"] if c["slice"] == group}
     methods = list(dict.fromkeys(m for m, _ in rows))
     cand = f"cand_recall@{body['config']['num_candidates']}"
-    head = ["method", "NDCG@10 [95% CI]", "Recall@10 [95% CI]", "NDCG@10 paired difference [95% CI]"]
-    lines = ["| " + " | ".join(head) + f" | cand. Recall@{cand.split('@')[1]} |", "|---|---:|---:|---:|---:|"]
+    head = ["method", *(f"{_label(c)} [95% CI]" for c in columns)]
+    head.append(f"{_label(columns[0])} paired difference [95% CI]")
+    lines = [
+        "| " + " | ".join(head) + f" | cand. Recall@{cand.split('@')[1]} |",
+        "|---|" + "---:|" * (len(head)),
+    ]
     for m in methods:
-        cells = [m, *(_ci(rows[(m, c)]) for c in COLUMNS), _diff(comps.get((m, "ndcg@10")))]
+        cells = [m, *(_ci(rows[(m, c)]) for c in columns), _diff(comps.get((m, columns[0])))]
         cells.append(f"{rows[(m, cand)]['mean']:.4f}" if (m, cand) in rows else "-")
         lines.append("| " + " | ".join(cells) + " |")
     users = next(iter(rows.values()))["users"] if rows else 0

@@ -146,7 +146,7 @@ def app() -> None:
 
 
 @app.command()
-@config_options(DataConfig, only=("dataset", "format", "columns", "k_core", "min_rating"))
+@config_options(DataConfig, only=("dataset", "format", "columns", "only_domain", "k_core", "min_rating"))
 @click.option(
     "--save", type=click.Path(file_okay=False, path_type=Path), help="Write the cleaned tables here."
 )

@@ -100,6 +100,11 @@ class DataConfig(Settings):
     source: str | None = setting(None, "Cross-domain: the source domain (cold-start users' history).")
     target: str | None = setting(None, "Cross-domain: the target domain whose items are ranked.")
     cold_fraction: float = setting(0.2, "Cross-domain: share of users made cold-start.")
+    only_domain: str | None = setting(
+        None,
+        "Keep only this domain's interactions and items (before cleaning): a single-domain run on "
+        "one domain of a multi-domain dataset.",
+    )
     seed: int = setting(0, "Seed of learned generators, user samples, shuffles and training.")
 
     def _validate(self) -> None:
@@ -110,6 +115,19 @@ class DataConfig(Settings):
         if self.source is not None and self.source == self.target:
             raise ConfigError(
                 "source and target must be different domains", parameter="target", value=self.target
+            )
+        if self.only_domain is not None and self.source is not None:
+            raise ConfigError(
+                "keeps one domain, but source/target (cross-domain) need two: drop source/target, "
+                "or only_domain",
+                parameter="only_domain",
+                value=self.only_domain,
+            )
+        if self.only_domain is not None and self.target not in (None, self.only_domain):
+            raise ConfigError(
+                f"the only domain kept is only_domain={self.only_domain!r}: drop target, or set it to that",
+                parameter="target",
+                value=self.target,
             )
 
 

@@ -227,7 +227,13 @@ class Recommender:
 
 
 def load_data(config: DataConfig) -> RecDataset:
-    """Load ``config.dataset`` as it is (its ``format``; generic tables with ``columns``)."""
+    """Load ``config.dataset`` as it is (its ``format``; generic tables with ``columns``), cut
+    down to ``config.only_domain`` when that is set."""
+    data = _load_source(config)
+    return data if config.only_domain is None else data.only_domain(config.only_domain)
+
+
+def _load_source(config: DataConfig) -> RecDataset:
     from llmrec.data import load_dataset
     from llmrec.data.formats.tables import ColumnMapping
 

@@ -113,6 +113,11 @@ def test_recommend_without_llm_from_a_saved_retriever(ml_small_dir, tmp_path):
         (["data", "ml-latest-small", "--columns", "user=u,colour=c"], "colour"),
         (["finetune", "--learning-rate", "fast"], "--learning-rate"),
         (["candidates", "ml-latest-small", "--user", "1", "--retriever", "nope"], "nope"),
+        (["data", "ml-latest-small", "--only-domain", "office"], "only_domain='office'"),
+        (
+            ["evaluate", "ml-latest-small", "--new-items-sample", "0.1", "--new-items-fraction", "0.2"],
+            "new_items",
+        ),
     ],
 )
 def test_bad_settings_exit_2_naming_the_setting(args, named):

@@ -148,3 +148,90 @@ def test_new_item_protocol_collaborative_generators_cannot_reach_new_items(ml_sm
     assert (np.asarray(ranks["bm25"])[mask] <= 20).any()  # text reaches them
     with pytest.raises(ConfigError, match="new_items_fraction"):
         EvalConfig(dataset=str(ml_small_dir), new_items_fraction=1.0)
+
+
+@pytest.fixture(scope="module")
+def office_data(arts_office_dir):
+    """The office domain of amazon-arts-office alone (only_domain), cleaned as the suites do."""
+    from llmrec.config import DataConfig
+    from llmrec.pipeline import prepare_data
+
+    return prepare_data(DataConfig(dataset=str(arts_office_dir), only_domain="office"))
+
+
+def test_only_domain_keeps_one_domain_and_refuses_unknown_ones(arts_office_dir, office_data):
+    from llmrec.config import DataConfig
+    from llmrec.data import load_dataset
+
+    assert set(office_data.interactions.unique("domain")) == {"office"}
+    assert set(office_data.items.unique("domain")) == {"office"}
+    assert any(line.startswith("only_domain: kept") for line in office_data.log)
+    raw = load_dataset(arts_office_dir)
+    office = raw.only_domain("office")
+    assert len(office.interactions) == sum(d == "office" for d in raw.interactions["domain"])
+    # the k-core runs on the office interactions alone: fewer users survive than in both domains
+    assert 1000 < office_data.stats()["users"] < raw.stats()["users"]
+    with pytest.raises(ConfigError, match=r"only_domain='music'.*domains present: \['arts', 'office'\]"):
+        raw.only_domain("music")
+    with pytest.raises(ConfigError, match="only_domain='office'.*cross-domain"):
+        DataConfig(dataset=str(arts_office_dir), only_domain="office", source="arts", target="office")
+    with pytest.raises(ConfigError, match="target='arts'"):
+        DataConfig(dataset=str(arts_office_dir), only_domain="office", target="arts")
+
+
+def test_sampled_new_items_are_seeded_hidden_from_fit_and_still_held_out(office_data):
+    from llmrec.data import leave_one_out
+    from llmrec.data.split import sampled_new_items
+
+    split = leave_one_out(office_data)
+    sample = sampled_new_items(split.catalog, 0.06, seed=0)
+    assert sample.sum() == round(0.06 * len(split.catalog))
+    assert (sampled_new_items(split.catalog, 0.06, seed=0) == sample).all()  # seeded
+    assert (sampled_new_items(split.catalog, 0.06, seed=1) != sample).any()
+    hidden = split.hide_items(sample)
+    for stage in ("valid", "test"):
+        assert not sample[np.concatenate(hidden.sequences(stage))].any()  # no fit sees them
+        for h in hidden.histories(stage, hidden.eval_users(stage)[:500]):
+            assert not sample[h.items].any()
+    assert (hidden.test == split.test).all() and (hidden.valid == split.valid).all()  # still held out
+    assert 200 < sample[split.test[split.test >= 0]].sum() < 600
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ConfigError, match="new_items_sample"):
+            sampled_new_items(split.catalog, bad)
+
+
+def test_new_items_sample_settings_are_checked(ml_small_dir):
+    with pytest.raises(ConfigError, match=r"new_items_sample=1\.5"):
+        EvalConfig(dataset=str(ml_small_dir), new_items_sample=1.5)
+    with pytest.raises(ConfigError, match=r"new_items_sample=0\.1.*new_items_fraction=0\.2"):
+        EvalConfig(dataset=str(ml_small_dir), new_items_sample=0.1, new_items_fraction=0.2)
+    with pytest.raises(ConfigError, match=r"new_items_sample=0\.1.*only_domain"):
+        EvalConfig(dataset=str(ml_small_dir), new_items_sample=0.1, source="arts", target="office")
+
+
+def test_new_item_sample_protocol_on_one_domain(arts_office_dir, office_data, tmp_path):
+    cfg = EvalConfig(
+        dataset=str(arts_office_dir),
+        only_domain="office",
+        methods=["popularity", "bm25"],
+        new_items_sample=0.06,
+        slices=["new_items"],
+        new_item_max_train=1,
+        bootstrap=0,
+        cache_dir=str(tmp_path),
+    )
+    report = run_evaluation(cfg, office_data)
+    n_hidden = round(0.06 * report["protocol"]["items"])
+    assert report["protocol"]["new_items"].startswith(
+        f"the {n_hidden} items of a seeded uniform sample (0.06 of the 4485 catalog items, seed 0)"
+    )
+    assert "'office'" in report["protocol"]["only_domain"]
+    ranks = report["per_user_ranks"]["all"]
+    users = report["slice_users"]["new items (<1 train interactions)"]
+    assert len(users) > 200
+    assert (np.asarray(ranks["popularity"])[users] > 20).all()  # never reaches a new item
+    assert (np.asarray(ranks["bm25"])[users] <= 20).any()  # the item text does
+    # the sample is part of the cache key: another fraction recomputes every list
+    other = run_evaluation(EvalConfig(**{**cfg.to_dict(), "new_items_sample": 0.1}), office_data)
+    assert other["cache"]["candidates"]["misses"] == 2
+    assert len(other["slice_users"]["new items (<1 train interactions)"]) > len(users)

@@ -13,7 +13,9 @@ e.g. genres or categories, space separated; may be empty), ``domain`` (str).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,7 @@ from typing import Any, Literal
 import datasets
 import numpy as np
 
-from llmrec.errors import DataError
+from llmrec.errors import ConfigError, DataError
 from llmrec.io import atomic_dir, atomic_write_json
 
 INTERACTION_FEATURES = datasets.Features(
@@ -41,6 +43,8 @@ ITEM_FEATURES = datasets.Features(
         "domain": datasets.Value("string"),
     }
 )
+
+logger = logging.getLogger(__name__)
 
 OrderBy = Literal["timestamp", "step"]
 
@@ -73,6 +77,35 @@ class RecDataset:
     def domains(self) -> list[str]:
         """Sorted list of the domains present in the interactions."""
         return sorted(set(self.interactions.unique("domain")))
+
+    def only_domain(self, domain: str) -> RecDataset:
+        """This dataset restricted to one domain: that domain's interactions and items only (a
+        single-domain dataset cut out of a multi-domain one, before cleaning). An unknown domain
+        is a :class:`~llmrec.errors.ConfigError` listing the dataset's domains."""
+        domains = self.domains
+        if domain not in domains:
+            raise ConfigError(
+                f"not a domain of {self.name}; domains present: {domains}",
+                parameter="only_domain",
+                value=domain,
+            )
+        inter = self.interactions.to_pandas()
+        items = self.items.to_pandas()
+        inter = inter[inter["domain"] == domain].reset_index(drop=True)
+        items = items[items["domain"] == domain].reset_index(drop=True)
+        line = (
+            f"only_domain: kept the {len(inter)} interactions and {len(items)} items of domain {domain!r} "
+            f"(of {len(self.interactions)} and {len(self.items)}; domains present: {domains})"
+        )
+        logger.info(line)
+        return dataclasses.replace(
+            self,
+            interactions=datasets.Dataset.from_pandas(
+                inter, features=INTERACTION_FEATURES, preserve_index=False
+            ),
+            items=datasets.Dataset.from_pandas(items, features=ITEM_FEATURES, preserve_index=False),
+            log=[*self.log, line],
+        )
 
     def stats(self) -> dict[str, Any]:
         """Counts a person wants to see first: users, items, interactions, density, per domain."""

@@ -170,6 +170,26 @@ def items_first_seen_late(data: RecDataset, catalog: ItemCatalog, fraction: floa
     return mask
 
 
+def sampled_new_items(catalog: ItemCatalog, fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean per catalog item: a seeded uniform sample of ``round(fraction * n_items)`` of
+    the catalog's items, to be treated as new (:meth:`LeaveOneOutSplit.hide_items`).
+
+    The variant of :func:`items_first_seen_late` for data without timestamps (per-user steps
+    say nothing about when an item entered the catalog). The catalog holds only items with
+    interactions, so every sampled item takes interactions out of histories and fits; each
+    item is equally likely, whatever its popularity, so about ``fraction`` of the held-out
+    items fall on new items (more or less as a few popular items are drawn or not). Draws
+    from ``np.random.default_rng(seed)`` over the catalog's order (sorted item ids): the same
+    data, fraction and seed give the same items.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError("must be in (0, 1)", parameter="new_items_sample", value=fraction)
+    n = int(round(fraction * len(catalog)))
+    mask = np.zeros(len(catalog), dtype=bool)
+    mask[np.random.default_rng(seed).choice(len(catalog), size=n, replace=False)] = True
+    return mask
+
+
 def item_id_rank(item_ids: np.ndarray, numeric: bool = True) -> np.ndarray:
     """Rank of each item id: numeric order when ``numeric`` and every id is an integer, else text order."""
     ids = [str(i) for i in item_ids.tolist()]

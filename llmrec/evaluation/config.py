@@ -68,6 +68,12 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
         "every training interaction: no history shows them and no generator is fit on them, but they "
         "stay held-out items (0 = off; single-domain runs).",
     )
+    new_items_sample: float = setting(
+        0.0,
+        "New-item protocol without timestamps: a seeded sample of this FRACTION of the catalog's "
+        "items (uniform over items, the seed setting) is hidden as new_items_fraction hides the "
+        "late items (0 = off; single-domain runs; not with new_items_fraction).",
+    )
     cache: bool = setting(True, "Reuse fitted generators, candidate lists and LLM scores from the cache.")
     cache_dir: str | None = setting(
         None, "Cache folder (default: $LLMREC_CACHE/eval or ~/.cache/llmrec/eval)."
@@ -93,16 +99,7 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
                 value=self.stage,
             )
         require_positive(self, "max_users", "retrieval_batch_size", "new_item_max_train")
-        if not 0.0 <= self.new_items_fraction < 1.0:
-            raise ConfigError(
-                "must be in [0, 1)", parameter="new_items_fraction", value=self.new_items_fraction
-            )
-        if self.new_items_fraction and self.target is not None:
-            raise ConfigError(
-                "the new-item protocol runs on one domain: drop source/target, or set it to 0",
-                parameter="new_items_fraction",
-                value=self.new_items_fraction,
-            )
+        self._check_new_items()
         if self.bootstrap < 0:
             raise ConfigError("must be >= 0 (0 = off)", parameter="bootstrap", value=self.bootstrap)
         if any(k < 1 for k in self.ks):
@@ -121,6 +118,26 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
             self.reranker_configs()  # every entry checked now, before any work
             if self.retriever not in self.methods:
                 self.methods = [*self.methods, self.retriever]
+
+    def _check_new_items(self) -> None:
+        for name in ("new_items_fraction", "new_items_sample"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError("must be in [0, 1) (0 = off)", parameter=name, value=value)
+            if value and self.target is not None:
+                raise ConfigError(
+                    "the new-item protocol runs on one domain: drop source/target (only_domain "
+                    "keeps one domain of a multi-domain dataset), or set it to 0",
+                    parameter=name,
+                    value=value,
+                )
+        if self.new_items_fraction and self.new_items_sample:
+            raise ConfigError(
+                f"give one way of choosing new items: new_items_fraction={self.new_items_fraction:g} "
+                "(the late items) is set too; set one of them to 0",
+                parameter="new_items_sample",
+                value=self.new_items_sample,
+            )
 
     def _check_metrics(self) -> None:
         for metric in self.metrics:

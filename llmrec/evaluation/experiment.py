@@ -23,7 +23,7 @@ from llmrec.candidates.base import CandidateGenerator, TrainData
 from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.catalog import History
 from llmrec.data.schema import RecDataset
-from llmrec.data.split import items_first_seen_late
+from llmrec.data.split import items_first_seen_late, sampled_new_items
 from llmrec.errors import ConfigError
 from llmrec.evaluation.cache import EvalCache, data_fingerprint, default_cache_dir, digest
 from llmrec.evaluation.config import EvalConfig
@@ -454,6 +454,9 @@ def _single_domain(data: RecDataset, run: EvalRun) -> tuple[dict, dict, list[str
     if config.new_items_fraction:
         split = split.hide_items(items_first_seen_late(data, split.catalog, config.new_items_fraction))
         split_key = digest(split_key, "new-items", config.new_items_fraction)
+    elif config.new_items_sample:
+        split = split.hide_items(sampled_new_items(split.catalog, config.new_items_sample, config.seed))
+        split_key = digest(split_key, "new-items-sample", config.new_items_sample, config.seed)
     generators = FittedGenerators(
         run, TrainData(split.catalog, split.sequences(config.stage)), digest(split_key, config.stage), "all"
     )
@@ -487,11 +490,20 @@ def _single_domain(data: RecDataset, run: EvalRun) -> tuple[dict, dict, list[str
         "users": split.n_users,
         "items": len(split.catalog),
     }
+    if config.only_domain is not None:
+        protocol["only_domain"] = (
+            f"only the {config.only_domain!r} interactions and items of the dataset, kept before cleaning"
+        )
     if split.hidden is not None:
+        chosen = (
+            f"first seen in the last {config.new_items_fraction:g} of the interactions"
+            if config.new_items_fraction
+            else f"of a seeded uniform sample ({config.new_items_sample:g} of the {len(split.catalog)} "
+            f"catalog items, seed {config.seed})"
+        )
         protocol["new_items"] = (
-            f"the {int(split.hidden.sum())} items first seen in the last {config.new_items_fraction:g} of "
-            "the interactions have no training interactions: hidden from every history and fit, "
-            "still held out"
+            f"the {int(split.hidden.sum())} items {chosen} have no training interactions: hidden from "
+            "every history and fit, still held out"
         )
     return groups, protocol, split.log
 

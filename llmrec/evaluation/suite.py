@@ -44,7 +44,16 @@ def run_suite(suite: SuiteConfig) -> dict[str, Any]:
     prepared: dict[str, Any] = {}
     runs: dict[str, Any] = {}
     for name, cfg in suite.run_configs():
-        data_key = repr((cfg.dataset, cfg.format, sorted(cfg.columns.items()), cfg.k_core, cfg.min_rating))
+        data_key = repr(
+            (
+                cfg.dataset,
+                cfg.format,
+                sorted(cfg.columns.items()),
+                cfg.only_domain,
+                cfg.k_core,
+                cfg.min_rating,
+            )
+        )
         if data_key not in prepared:  # runs over the same data load and clean it once
             prepared[data_key] = prepare_data(cfg)
         runs[name] = run_evaluation(cfg, prepared[data_key], cache)
