@@ -49,3 +49,52 @@ def test_the_retrieval_rows_of_the_committed_ml_latest_small_report_reproduce_ex
     for key in ("rows", "comparisons"):
         want = [r for r in committed[key] if r["method"] in methods]
         assert want and [r for r in fresh[key] if r["method"] in methods] == want
+
+
+def test_learning_curve_rows_table_and_plot(tmp_path):
+    import plot_curve  # eval/ script
+
+    def row(group, method, mean):
+        return {
+            "slice": group,
+            "method": method,
+            "metric": "ndcg@10",
+            "mean": mean,
+            "ci_low": mean - 0.01,
+            "ci_high": mean + 0.01,
+            "users": 100 if group == "warm" else 40,
+        }
+
+    names = ["base, 0 office users (zero-shot)", "base + 16 office users", "arts-tuned + 64 office users"]
+    rows, comparisons = [], []
+    for group in ("warm", "cold"):
+        rows += [row(group, "fused", 0.10), row(group, "popularity", 0.02)]
+        for i, name in enumerate(names):
+            rows.append(row(group, f"fused + {name}", 0.09 + 0.01 * i))
+            comparisons.append(
+                {
+                    "slice": group,
+                    "method": f"fused + {name}",
+                    "baseline": "fused",
+                    "metric": "ndcg@10",
+                    "diff": 0.01 * i - 0.01,
+                    "ci_low": 0.01 * i - 0.015,
+                    "ci_high": 0.01 * i - 0.005,
+                    "p_value": 0.01,
+                }
+            )
+    report = {"runs": {"a->b": {"config": {"retriever": "fused"}, "rows": rows, "comparisons": comparisons}}}
+    retriever, got = plot_curve.curve_rows(report)
+    assert retriever == "fused"
+    warm = [(r["start"], r["n"]) for r in got if r["group"] == "warm"]
+    assert warm == [("retriever", -1), ("arts-tuned", 64), ("base", 0), ("base", 16)]  # popularity left out
+    text = plot_curve.table(retriever, got)
+    assert (
+        "| warm (100) | base | 0 | 0.0900 [0.0800, 0.1000] | **-0.0100** [-0.0150, -0.0050] | 0.010 |" in text
+    )
+    assert "| cold (40) | arts-tuned | 64 | 0.1100" in text and "+0.0100** [+0.0050, +0.0150]" in text
+    out = tmp_path / "curve.png"
+    plot_curve.plot(retriever, got, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_curve.parse_point("fused + base + 16 office users", "fused") == ("base", 16)
+    assert plot_curve.parse_point("fused + SmolLM2-135M zero-shot", "fused") is None

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The arts -> office learning curve: tune each missing point (finetune/fewshot-office-evidence.yaml
+# with --train-users N, from the arts adapter and from the base model), then evaluate them all
+# (eval/arts-office-curve.yaml) and draw the curve. Resumable: a point whose adapter exists is
+# not retrained, an interrupted one resumes from its last checkpoint; LLM scores are cached.
+set -euo pipefail
+DATA=${DATA:-../shared/data/amazon-arts-office}
+OUT=${OUT:-eval/reports/arts-office-curve}
+tune() {  # tune START N: START = arts | base
+  local start=$1 n=$2 dir
+  if [ "$start" = arts ]; then dir=runs/office-evidence-$n; else dir=runs/office-evidence-base-$n; fi
+  [ -f "$dir/adapter/adapter_config.json" ] && return 0
+  local from=()
+  [ "$start" = arts ] && from=(--adapter finetune/adapters/evidence-arts/adapter)
+  local resume=()
+  [ -d "$dir/checkpoints" ] && resume=(--resume)
+  llmrec finetune --config finetune/fewshot-office-evidence.yaml --dataset "$DATA" \
+    --train-users "$n" "${from[@]}" "${resume[@]}" --output-dir "$dir"
+}
+for point in "arts 16" "base 16" "arts 64" "arts 256"; do
+  tune $point
+done
+llmrec evaluate eval/arts-office-curve.yaml --out "$OUT"
+python eval/plot_curve.py "$OUT/report.json" --out "$OUT/curve.png"
