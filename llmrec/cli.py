@@ -321,6 +321,71 @@ def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> No
 
 
 @app.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@config_options(
+    RecommendConfig,
+    only=[f.name for f in dataclasses.fields(RecommendConfig) if f.name != "n"],
+    positional=(),
+)
+@click.option("-n", "--n", "n", type=click.INT, help="Length of each ranked list.  [default: 10]")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The ranked lists (Parquet); chunks and manifest go to OUT.parts/.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Rows per chunk: one LLM scoring call and one file each.",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Keep the chunks a killed run of the same input and settings finished (--no-resume: recompute).",
+)
+@click.option("--overwrite", is_flag=True, help="Discard chunks or an output of another input or settings.")
+@click.option(
+    "--summary",
+    "summary_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary here (JSON).",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@verbose_option
+@click.pass_context
+def batch(
+    ctx,
+    input_path,
+    config_file,
+    out,
+    chunk_size,
+    resume,
+    overwrite,
+    summary_path,
+    progress,
+    verbose,
+    **values,
+) -> None:
+    """Rank every row of INPUT (Parquet, CSV or JSONL: a known `user` or a typed `history`, and
+    an optional `request_id`) as `recommend` would, in chunks written atomically; a killed run
+    resumes where it stopped."""
+    from llmrec.batch import BatchJob
+    from llmrec.io import atomic_write_json
+
+    _setup_logging(verbose)
+    cfg = build_recommend(ctx, config_file, values)
+    job = run(lambda: BatchJob(input_path, out, cfg, chunk_size))
+    summary = run(lambda: job.run(resume=resume, overwrite=overwrite, progress=progress))
+    if summary_path is not None:
+        run(lambda: atomic_write_json(summary_path, summary.to_dict()))
+    click.echo(summary.line())
+
+
+@app.command()
 @config_options(EvalConfig)
 @click.option(
     "--out",
