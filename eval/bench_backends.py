@@ -9,6 +9,11 @@ runs unchanged on a GPU machine (``--device auto`` picks CUDA; vLLM uses the GPU
 
     python eval/bench_backends.py --users 64                       # transformers vs vllm
     python eval/bench_backends.py --backends transformers,vllm,vllm-server
+    python eval/bench_backends.py --backends transformers,vllm-server@auto,vllm-server@all
+
+``NAME@BIND`` sets vLLM's CPU binding (``cpu_bind``: all, auto, nobind or a CPU list; default
+all). Each vllm-server is its own process, so one run compares bindings; an in-process ``vllm``
+engine binds once per process (the first one's setting holds).
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from bench_common import rerank_inputs, timed_rerank
+from bench_train import cpu_flags, cpu_name  # eval/ scripts beside this one
 
 from llmrec.io import atomic_write_json
 from llmrec.llm import load_reranker
 from llmrec.llm.reranker import RerankParams
 
 
-def _load(backend: str, args: argparse.Namespace, server_url: str | None):
+def _load(backend: str, args: argparse.Namespace, server_url: str | None, cpu_bind: str):
     options: dict = {"template": args.template, "batch_size": args.batch_size}
     if backend == "transformers":
         options["device"] = args.device
+    if backend == "vllm":
+        options["cpu_bind"] = cpu_bind
     if backend == "vllm-server":
         options["server_url"] = server_url
     return load_reranker(args.model, backend=backend, **options)
@@ -53,6 +61,8 @@ def main() -> None:
     parser.add_argument("--out", default="eval/results/bench_backends.json")
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if len(set(backends)) < len(backends):
+        parser.error(f"--backends names one twice: {args.backends}")
 
     inputs = rerank_inputs(args.data, args.users + args.warmup_users, args.k, args.seed)
     warm, timed = inputs.rows(0, args.warmup_users), inputs.rows(args.warmup_users)
@@ -60,28 +70,31 @@ def main() -> None:
     server = None
     results = {}
     try:
-        for backend in backends:
+        for spec in backends:
+            backend, _, cpu_bind = spec.partition("@")
+            cpu_bind = cpu_bind or "all"
             start = time.perf_counter()
             url = None
             if backend == "vllm-server":
                 from llmrec.llm.vllm_server import VLLMServer, free_port
 
-                server = VLLMServer(model=args.model, port=free_port()).start()
+                server = VLLMServer(model=args.model, port=free_port(), cpu_bind=cpu_bind).start()
                 url = server.base_url
-            reranker = _load(backend, args, url)
+            reranker = _load(backend, args, url, cpu_bind)
             load_seconds = time.perf_counter() - start
             if warm.histories:
                 timed_rerank(reranker, warm, params)
             row, scores = timed_rerank(reranker, timed, params)
             seconds = row["seconds"]
-            results[backend] = row | {
+            results[spec] = row | {
                 "load_seconds": round(load_seconds, 1),
                 "device": str(getattr(reranker.backend, "device", "server")),
+                "cpu_bind": None if backend == "transformers" else cpu_bind,
                 "top1": [int(s.argmax()) for s in scores],
             }
             print(
-                f"{backend:13s} {results[backend]['users_per_second']:8.2f} users/s  "
-                f"{results[backend]['prompt_tokens_per_second']:9.1f} prompt tokens/s  "
+                f"{spec:18s} {results[spec]['users_per_second']:8.2f} users/s  "
+                f"{results[spec]['prompt_tokens_per_second']:9.1f} prompt tokens/s  "
                 f"({seconds:.1f} s; start-up {load_seconds:.0f} s)",
                 flush=True,
             )
@@ -115,6 +128,8 @@ def main() -> None:
         "ratio_to_reference": ratios,
         "same_top1_as_reference": same_top1,
         "machine": {
+            "cpu": cpu_name(),
+            "native_bf16": any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")),
             "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(),
