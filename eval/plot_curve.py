@@ -33,7 +33,7 @@ def parse_point(method: str, retriever: str) -> tuple[str, int] | None:
 def curve_rows(report: dict, metric: str = "ndcg@10") -> tuple[str, list[dict]]:
     """The retriever's name and one row per (group, start, N), sorted, with mean, CI and the
     paired difference to the retriever."""
-    ((run,),) = [list(report["runs"].values())]
+    (run,) = report["runs"].values()  # a learning-curve suite has one run
     retriever = run["config"]["retriever"]
     diffs = {
         (c["slice"], c["method"]): c
