@@ -105,3 +105,40 @@ def test_candidates_through_the_vector_index_match_exact(ml_small_split):
             assert not set(row.tolist()) & set(hist.items.tolist())  # history excluded
         assert got.fallback.tolist() == want.fallback.tolist()
         np.testing.assert_array_equal(got.items[-1], want.items[-1])  # popularity order
+
+
+def test_an_extra_component_at_weight_zero_only_adds_evidence(ml_small_split, tmp_path):
+    from llmrec.candidates import load_generator, make_generator
+    from llmrec.candidates.evidence import candidate_evidence
+
+    train = TrainData(ml_small_split.catalog, ml_small_split.sequences("valid"))
+    hists = ml_small_split.histories("valid", ml_small_split.eval_users("valid")[:30])
+    plain = make_generator("fused-seq").fit(train)
+    with_content = make_generator("fused-seq", extra=["embedding"], extra_weights=[0]).fit(train)
+    assert [g.name for g in with_content.generators][-1] == "embedding"
+    want = plain.candidates(hists, k=20)
+    got = with_content.candidates(hists, k=20)
+    np.testing.assert_array_equal(got.items, want.items)  # weight 0: the same lists
+    evidence = candidate_evidence(with_content, hists, got.items)
+    assert set(evidence[0][0]) == {"text", "knn", "mf", "ease", "next", "content", "pop"}
+    assert sorted(e["content"] for e in evidence[0]) == list(range(1, 21))
+    # Saved and loaded, it keeps its components and settings (not the extra ones twice).
+    loaded = load_generator(with_content.save(tmp_path / "fs"), name="fused-seq")
+    assert loaded.params() == with_content.params() and len(loaded.generators) == 6
+    np.testing.assert_array_equal(loaded.candidates(hists, k=20).items, want.items)
+    # Weighted in, content changes the lists.
+    fused_in = make_generator("fused-seq", extra=["embedding"], extra_weights=[2]).fit(train)
+    assert not np.array_equal(fused_in.candidates(hists, k=20).items, want.items)
+
+
+def test_extra_component_errors():
+    from llmrec.candidates import make_generator
+
+    with pytest.raises(ConfigError, match="extra_weights.*one weight per extra"):
+        make_generator("fused", extra=["embedding"], extra_weights=[0, 1])
+    with pytest.raises(ConfigError, match="extra_weights.*needs `extra`"):
+        make_generator("fused", extra_weights=[0])
+    with pytest.raises(ConfigError, match="unknown generator"):
+        make_generator("fused", extra=["word2vec"])
+    with pytest.raises(ConfigError, match="extra.*list every component"):
+        make_generator("fused", generators=[EmbeddingGenerator()], extra=["embedding"])

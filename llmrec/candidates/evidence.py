@@ -27,6 +27,7 @@ SHORT_NAMES = {
     "ease": "ease",
     "ease-plain": "ease",
     "transition": "next",
+    "embedding": "content",
 }
 """How each component is named in a prompt (short, plain words)."""
 

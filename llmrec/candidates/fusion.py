@@ -58,6 +58,12 @@ class FusedGenerator(CompositeGenerator):
         rrf_k=60, 0.0862 at rrf_k=10, same four components).
     seed:
         Passed to the default components.
+    extra, extra_weights:
+        More components, by registered name (e.g. ``["embedding"]``), appended to the
+        default ones with these weights (default 1 each). Weight 0 fits a component without
+        fusing it: it only adds its column to the reranker's evidence
+        (:func:`~llmrec.candidates.evidence.candidate_evidence`), so the candidates stay
+        those of the defaults. Only with the default components.
     """
 
     name = "fused"
@@ -70,6 +76,8 @@ class FusedGenerator(CompositeGenerator):
         rrf_k: float = 60.0,
         depth: int = 100,
         seed: int = 0,
+        extra: list[str] | None = None,
+        extra_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -79,9 +87,23 @@ class FusedGenerator(CompositeGenerator):
         if depth < 1:
             raise ConfigError("must be >= 1", parameter="depth", value=depth)
         generators_given = generators
+        if extra_weights is not None and extra is None:
+            raise ConfigError(
+                "needs `extra` (the components to weigh)", parameter="extra_weights", value=extra_weights
+            )
         if generators is None:
             generators, default_weights = self._defaults(seed)
             weights = default_weights if weights is None else weights
+            if extra:
+                added, added_weights = self._extra_components(extra, extra_weights, seed)
+                weights = [*([1.0] * len(generators) if weights is None else weights), *added_weights]
+                generators = [*generators, *added]
+        elif extra:
+            raise ConfigError(
+                "adds to the default components; list every component in `generators` instead",
+                parameter="extra",
+                value=extra,
+            )
         generators = list(generators)
         if not generators:
             raise ConfigError("needs at least one component", parameter="generators", value=generators)
@@ -103,6 +125,8 @@ class FusedGenerator(CompositeGenerator):
         self.rrf_k = rrf_k
         self.depth = depth
         self.seed = seed
+        self.extra = list(extra) if extra else None
+        self.extra_weights = None if extra_weights is None else [float(w) for w in extra_weights]
         self.uses_text = any(g.uses_text for g in generators)
         self._default_components = generators_given is None
         self.active: list[bool] | None = None
@@ -113,6 +137,23 @@ class FusedGenerator(CompositeGenerator):
     def _defaults(cls, seed: int) -> tuple[list[CandidateGenerator], list[float] | None]:
         """Components (and weights, None = 1 each) used when none are given."""
         return default_components(seed), None
+
+    @staticmethod
+    def _extra_components(
+        names: list[str], weights: list[float] | None, seed: int
+    ) -> tuple[list[CandidateGenerator], list[float]]:
+        """The ``extra`` components, built by name, and their weights (1 each by default)."""
+        from llmrec.candidates import make_generator
+
+        if weights is None:
+            weights = [1.0] * len(names)
+        if len(weights) != len(names):
+            raise ConfigError(
+                f"needs one weight per extra component ({len(names)})",
+                parameter="extra_weights",
+                value=weights,
+            )
+        return [make_generator(name, seed=seed) for name in names], [float(w) for w in weights]
 
     def _fit(self, train: TrainData) -> None:
         active = []
@@ -138,7 +179,12 @@ class FusedGenerator(CompositeGenerator):
     @classmethod
     def _from_saved(cls, params: dict[str, Any], folder: Path, catalog: ItemCatalog) -> FusedGenerator:
         parts = [read_generator(folder / f"component{i}", catalog) for i in range(len(params["weights"]))]
-        return cls(generators=parts, **params)
+        params = dict(params)
+        # The saved components already include the extra ones.
+        extra, extra_weights = params.pop("extra", None), params.pop("extra_weights", None)
+        fused = cls(generators=parts, **params)
+        fused.extra, fused.extra_weights = extra, extra_weights
+        return fused
 
     def _save_state(self, folder: Path) -> None:
         # A component skipped at fit time is saved unfitted (its parameters only).
