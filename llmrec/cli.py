@@ -140,6 +140,50 @@ user_option = click.option("--user", help="A known user id of the dataset.")
 history_option = click.option("--history", help="A new user's history as free text, titles separated by ';'.")
 
 
+def batch_options(out_help: str) -> Callable[[Callable], Callable]:
+    """What `batch` and `ray-batch` take alike: INPUT, the settings of `recommend`, -n, --out,
+    --chunk-size and --summary."""
+    decorators = [
+        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path)),
+        config_options(
+            RecommendConfig,
+            only=[f.name for f in dataclasses.fields(RecommendConfig) if f.name != "n"],
+            positional=(),
+        ),
+        click.option("-n", "--n", "n", type=click.INT, help="Length of each ranked list.  [default: 10]"),
+        click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=out_help),
+        click.option(
+            "--chunk-size",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Rows per chunk: one LLM scoring call and one file each.",
+        ),
+        click.option(
+            "--summary",
+            "summary_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write the summary here (JSON).",
+        ),
+    ]
+
+    def decorate(func: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return decorate
+
+
+def report_summary(summary: Any, summary_path: Path | None) -> None:
+    """Write a job's summary to ``summary_path`` (JSON, atomic) when given; print its line."""
+    from llmrec.io import atomic_write_json
+
+    if summary_path is not None:
+        run(lambda: atomic_write_json(summary_path, summary.to_dict()))
+    click.echo(summary.line())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def app() -> None:
     """llmrec: candidate generation, LLM reranking, instruction tuning and offline evaluation."""
@@ -321,26 +365,7 @@ def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> No
 
 
 @app.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@config_options(
-    RecommendConfig,
-    only=[f.name for f in dataclasses.fields(RecommendConfig) if f.name != "n"],
-    positional=(),
-)
-@click.option("-n", "--n", "n", type=click.INT, help="Length of each ranked list.  [default: 10]")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The ranked lists (Parquet); chunks and manifest go to OUT.parts/.",
-)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Rows per chunk: one LLM scoring call and one file each.",
-)
+@batch_options("The ranked lists (Parquet); chunks and manifest go to OUT.parts/.")
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -348,12 +373,6 @@ def recommend(ctx, config_file, user, history, as_json, verbose, **values) -> No
     help="Keep the chunks a killed run of the same input and settings finished (--no-resume: recompute).",
 )
 @click.option("--overwrite", is_flag=True, help="Discard chunks or an output of another input or settings.")
-@click.option(
-    "--summary",
-    "summary_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the summary here (JSON).",
-)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @verbose_option
 @click.pass_context
@@ -374,15 +393,71 @@ def batch(
     an optional `request_id`) as `recommend` would, in chunks written atomically; a killed run
     resumes where it stopped."""
     from llmrec.batch import BatchJob
-    from llmrec.io import atomic_write_json
 
     _setup_logging(verbose)
     cfg = build_recommend(ctx, config_file, values)
     job = run(lambda: BatchJob(input_path, out, cfg, chunk_size))
-    summary = run(lambda: job.run(resume=resume, overwrite=overwrite, progress=progress))
-    if summary_path is not None:
-        run(lambda: atomic_write_json(summary_path, summary.to_dict()))
-    click.echo(summary.line())
+    report_summary(run(lambda: job.run(resume=resume, overwrite=overwrite, progress=progress)), summary_path)
+
+
+@app.command("ray-batch")
+@batch_options("The ranked lists (Parquet), in input order as `batch` writes them.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ranking actors.")
+@click.option(
+    "--cpus-per-worker",
+    type=click.IntRange(min=1),
+    help="CPUs (and torch threads) per actor.  [default: this machine's CPUs / workers]",
+)
+@click.option(
+    "--address", help="An existing Ray cluster (e.g. 'auto'); default: a local one, stopped at the end."
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="GPUs per actor (each runs the config's backend, e.g. vllm, on them).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--progress/--no-progress", default=False, show_default=True, help="Ray Data's progress bars.")
+@verbose_option
+@click.pass_context
+def ray_batch(
+    ctx,
+    input_path,
+    config_file,
+    out,
+    workers,
+    chunk_size,
+    cpus_per_worker,
+    address,
+    gpus_per_worker,
+    overwrite,
+    summary_path,
+    progress,
+    verbose,
+    **values,
+) -> None:
+    """`llmrec batch` on Ray Data: read INPUT, rank it in chunks on an actor pool of WORKERS,
+    write OUT in input order (the rows `llmrec batch` writes). Needs `pip install 'llmrec[ray]'`."""
+    from llmrec.ray_batch import RayBatchJob, import_ray
+
+    _setup_logging(verbose)
+    run(import_ray)
+    cfg = build_recommend(ctx, config_file, values)
+    job = run(
+        lambda: RayBatchJob(
+            input_path,
+            out,
+            cfg,
+            workers,
+            chunk_size,
+            cpus_per_worker,
+            address,
+            gpus_per_worker=gpus_per_worker,
+        )
+    )
+    report_summary(run(lambda: job.run(overwrite=overwrite, progress=progress)), summary_path)
 
 
 @app.command()
