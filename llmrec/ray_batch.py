@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -48,7 +49,7 @@ from llmrec.batch import (
     request_of,
     write_chunks,
 )
-from llmrec.errors import ConfigError, DataError
+from llmrec.errors import ConfigError, DataError, LlmrecError
 
 if TYPE_CHECKING:
     from llmrec.config import RecommendConfig
@@ -195,7 +196,13 @@ class RayBatchJob:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         try:
             with ray_cluster(self.address, self._local_cpus()) as ray:
-                requests = self._pipeline(ray, progress)
+                try:
+                    requests = self._pipeline(ray, progress)
+                except Exception as err:
+                    known = worker_error(err)
+                    if known is None:
+                        raise
+                    raise known from None
             table = _in_input_order(pq.read_table(self.parts_dir))
         finally:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
@@ -246,6 +253,16 @@ class RayBatchJob:
         )
         ds.write_parquet(str(self.parts_dir))
         return requests
+
+
+def worker_error(err: Exception) -> LlmrecError | None:
+    """The llmrec error (a bad dataset, model or adapter) behind a Ray worker's failure, from
+    the worker's traceback that Ray passes as text; None for any other error."""
+    text = str(err)
+    found = list(re.finditer(r"llmrec\.errors\.(\w+): ", text))
+    if isinstance(err, LlmrecError) or not found:
+        return None
+    return LlmrecError(f"a Ray worker failed: {found[-1].group(1)}: {text[found[-1].end() :].strip()}")
 
 
 def read_input(ray: Any, path: Path) -> Any:
@@ -395,7 +412,6 @@ def scoring_request(
 def label_logprobs(output: Mapping[str, Any], label_ids: Sequence[int]) -> list[float]:
     """The label log-probs in a ``ray.data.llm`` output row (``logprobs``: per generated token,
     ``{token_id: {"logprob": ...}}``, the ids as ints or as text once stored in Arrow)."""
-    from llmrec.errors import LlmrecError
     from llmrec.llm.vllm_backend import read_label_logprobs
 
     steps = output.get("logprobs")

@@ -79,6 +79,22 @@ def test_a_bad_input_is_refused_before_ray_or_any_data_loads(ml_small_dir, tmp_p
     assert (tmp_path / "taken.parquet").read_bytes() == b"not ours"
 
 
+def test_a_workers_llmrec_error_is_told_as_one_message():
+    from llmrec.errors import LlmrecError
+    from llmrec.ray_batch import worker_error
+
+    # Ray passes the error of a worker's constructor as its traceback's text
+    died = RuntimeError(
+        "The actor died because of an error raised in its creation task\nTraceback (most recent call "
+        'last):\n  File "llmrec/data/loaders.py", line 109\nllmrec.errors.DataError: dataset not found\n'
+        "  file: /nowhere"
+    )
+    error = worker_error(died)
+    assert isinstance(error, LlmrecError)
+    assert str(error) == "a Ray worker failed: DataError: dataset not found\n  file: /nowhere"
+    assert worker_error(RuntimeError("a bug")) is None  # anything else keeps its traceback
+
+
 def test_without_ray_the_command_says_how_to_install_it(ml_small_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     source = tmp_path / "users.csv"
