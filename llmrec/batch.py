@@ -50,7 +50,7 @@ from llmrec.service.schemas import RecommendRequest
 
 if TYPE_CHECKING:
     from llmrec.config import RecommendConfig
-    from llmrec.data.catalog import History
+    from llmrec.data.catalog import History, ItemCatalog
 
 logger = logging.getLogger("llmrec.batch")
 
@@ -476,28 +476,16 @@ class ChunkRanker:
     ) -> tuple[pa.Table, dict[str, Any]]:
         """The output rows of ``requests`` and their counts (reranked, fallbacks by reason, errors);
         ``schema``: :data:`OUTPUT_SCHEMA`, or :data:`ROW_SCHEMA` to keep each request's input row."""
-        checked: list[tuple[BatchRequest, History]] = []
-        errors: dict[int, str] = {}
-        for request in requests:
-            try:
-                checked.append((request, self.check(request)))
-            except RowError as err:
-                errors[request.row] = str(err)
+        checked, errors = self.checked(requests)
         lists, reasons = self._rank_checked([h for _, h in checked])
         ranked = {req.row: (items, reason) for (req, _), items, reason in zip(checked, lists, reasons)}
         rows: list[dict[str, Any]] = []
         fallbacks: Counter[str] = Counter()
         for request in requests:
-            if request.row in errors:
-                rows.append(_row(request, error=errors[request.row]))
-                continue
-            items, reason = ranked[request.row]
+            items, reason = ranked.get(request.row, (None, None))
+            rows.extend(request_rows(request, items, reason, errors.get(request.row)))
             if reason is not None:
                 fallbacks[reason] += 1
-            flags = {"reranked": reason is None, "reason": reason}
-            rows.extend(_row(request, **flags, **item) for item in items["items"])
-            if not items["items"]:  # nothing left to recommend: the request still shows
-                rows.append(_row(request, **flags))
         stats = {
             "requests": len(requests),
             "rows": len(rows),
@@ -507,6 +495,19 @@ class ChunkRanker:
         }
         return pa.Table.from_pylist(rows, schema=schema), stats
 
+    def checked(
+        self, requests: Sequence[BatchRequest]
+    ) -> tuple[list[tuple[BatchRequest, History]], dict[int, str]]:
+        """The valid requests with their histories, and the error of each other one by input row."""
+        checked: list[tuple[BatchRequest, History]] = []
+        errors: dict[int, str] = {}
+        for request in requests:
+            try:
+                checked.append((request, self.check(request)))
+            except RowError as err:
+                errors[request.row] = str(err)
+        return checked, errors
+
     def _rank_checked(self, histories: list[History]) -> tuple[list[dict], list[str | None]]:
         """Ranked lists (``RankedList.to_dict()``) and fallback reasons of valid histories."""
         if not histories:
@@ -515,26 +516,21 @@ class ChunkRanker:
         candidates = rec.retrieve(histories, self.parts.allowed)
         scored = [i for i in range(len(histories)) if (candidates.items[i] >= 0).any()]
         reasons: list[str | None] = [None] * len(histories)
-        scores: list[np.ndarray] | None = None
+        llm: list[np.ndarray | None] = [None] * len(histories)
         if rec.reranker is None:
             reasons = ["llm_disabled"] * len(histories)
         elif scored:
             try:
                 scores = self._llm_scores([histories[i] for i in scored], candidates.items[scored])
+                for i, values in zip(scored, scores):
+                    llm[i] = values
             except Exception as err:  # noqa: BLE001 - any LLM failure: the retriever's order, with the reason
                 logger.warning(
                     "LLM scoring of a chunk of %d failed, retriever order kept: %r", len(scored), err
                 )
                 for i in scored:
                     reasons[i] = "llm_error"
-        with_llm = scored if scores is not None else []
-        without = [i for i in range(len(histories)) if i not in set(with_llm)]
-        lists: list[dict] = [{}] * len(histories)
-        for positions, llm in ((with_llm, scores), (without, None)):
-            if positions:
-                ranking = rec.order(_take(candidates, positions), llm)
-                for i, ranked in zip(positions, ranking.lists(rec.catalog, self.parts.default_n)):
-                    lists[i] = ranked.to_dict()
+        lists = ordered_lists(candidates, llm, rec.retriever_weight, rec.catalog, self.parts.default_n)
         return lists, reasons
 
     def _llm_scores(self, histories: list[History], items: np.ndarray) -> list[np.ndarray]:
@@ -551,6 +547,41 @@ class RowError(Exception):
 
     def __init__(self, request: BatchRequest, message: str) -> None:
         super().__init__(f"row {request.row} (request_id {request.request_id!r}): {message}")
+
+
+def ordered_lists(
+    candidates: Candidates,
+    llm_scores: Sequence[np.ndarray | None],
+    retriever_weight: float,
+    catalog: ItemCatalog,
+    n: int | None,
+) -> list[dict]:
+    """The top-``n`` list (``RankedList.to_dict()``) of each row of ``candidates``: ordered by its
+    LLM scores fused with the retriever's order (:func:`~llmrec.pipeline.order_candidates`), or
+    in the retriever's order where its scores are None."""
+    from llmrec.pipeline import order_candidates
+
+    lists: list[dict] = [{}] * len(llm_scores)
+    with_llm = [i for i, s in enumerate(llm_scores) if s is not None]
+    without = [i for i, s in enumerate(llm_scores) if s is None]
+    for positions, llm in ((with_llm, [llm_scores[i] for i in with_llm]), (without, None)):
+        if positions:
+            ranking = order_candidates(_take(candidates, positions), llm, retriever_weight)
+            for i, ranked in zip(positions, ranking.lists(catalog, n)):
+                lists[i] = ranked.to_dict()
+    return lists
+
+
+def request_rows(
+    request: BatchRequest, ranked: dict | None, reason: str | None, error: str | None
+) -> list[dict[str, Any]]:
+    """The output rows of one request: its error row, or one row per ranked item (one item-less
+    row when nothing is left to recommend), reranked unless a fallback ``reason`` is given."""
+    if error is not None:
+        return [_row(request, error=error)]
+    flags = {"reranked": reason is None, "reason": reason}
+    rows = [_row(request, **flags, **item) for item in (ranked or {}).get("items", [])]
+    return rows or [_row(request, **flags)]
 
 
 # --- helpers -----------------------------------------------------------------------------------

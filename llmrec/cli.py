@@ -418,6 +418,15 @@ def batch(
     show_default=True,
     help="GPUs per actor (each runs the config's backend, e.g. vllm, on them).",
 )
+@click.option(
+    "--scoring",
+    type=click.Choice(["engine", "staged", "ray-vllm"]),
+    default="engine",
+    show_default=True,
+    help="engine: each actor ranks whole chunks; staged: prompts, scoring (the config's backend) "
+    "and ordering as Ray Data stages; ray-vllm: the same with Ray's vLLM integration scoring "
+    "(CUDA GPUs).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--progress/--no-progress", default=False, show_default=True, help="Ray Data's progress bars.")
 @verbose_option
@@ -432,6 +441,7 @@ def ray_batch(
     cpus_per_worker,
     address,
     gpus_per_worker,
+    scoring,
     overwrite,
     summary_path,
     progress,
@@ -455,6 +465,7 @@ def ray_batch(
             cpus_per_worker,
             address,
             gpus_per_worker=gpus_per_worker,
+            scoring=scoring,
         )
     )
     report_summary(run(lambda: job.run(overwrite=overwrite, progress=progress)), summary_path)

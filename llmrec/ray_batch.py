@@ -11,15 +11,28 @@ Inputs are checked as ``llmrec batch`` checks them (the columns before Ray start
 the workers: a bad row becomes an ``error`` row). Unlike ``llmrec batch`` the job does not
 resume: Ray retries a failed task, and a killed job starts again.
 
-On GPUs the LLM stage can be Ray's vLLM integration (``ray.data.llm``) instead of an actor
-wrapping our backend: :func:`vllm_processor_config` and :func:`build_scoring_processor` build
-it, with one request per prompt (``max_tokens=1``, ``logprob_token_ids`` = the template's label
-ids, as :class:`~llmrec.llm.vllm_backend.VLLMBackend`) and one LoRA adapter per domain.
+``scoring`` chooses how a chunk is ranked (:data:`SCORING`): ``engine`` runs the whole
+:class:`~llmrec.batch.ChunkRanker` in each actor (above); ``staged`` and ``ray-vllm`` split it
+into Ray Data stages, one row per request between them:
+
+A. :class:`PromptWorker` (CPU actors): rows -> checked requests -> retrieval -> the prompt
+   (text and token ids), candidate ids, titles and retriever scores, or the row's ``error`` or
+   fallback ``reason``;
+B. the label log-probs of each prompt (``label_logprobs``): ``staged``: :class:`ScoringWorker`
+   actors running the config's backend (transformers, vllm); ``ray-vllm``: Ray's vLLM
+   integration (``ray.data.llm``, :func:`build_scoring_processor`) on GPUs, one request per
+   prompt (``max_tokens=1``, ``logprob_token_ids`` = the template's label ids, as
+   :class:`~llmrec.llm.vllm_backend.VLLMBackend`) and one LoRA adapter per domain;
+C. :func:`order_stage` (CPU tasks): label log-probs -> the ranked list, with the reranker's and
+   ``llmrec batch``'s ordering functions, into the output rows.
+
+The staged routes score one prompt per user: a listwise template, no shuffles, the verbalizer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -42,17 +55,24 @@ from llmrec.batch import (
     INPUT_COLUMNS,
     OUTPUT_SCHEMA,
     ROW_SCHEMA,
+    BatchRequest,
     ChunkRanker,
     JobSummary,
     input_columns,
     input_kind,
+    ordered_lists,
     request_of,
+    request_rows,
     write_chunks,
 )
+from llmrec.candidates.base import Candidates
 from llmrec.errors import ConfigError, DataError, LlmrecError
 
 if TYPE_CHECKING:
     from llmrec.config import RecommendConfig
+    from llmrec.data.catalog import History
+    from llmrec.llm.reranker import LLMReranker
+    from llmrec.service.loading import ServiceParts
 
 logger = logging.getLogger("llmrec.ray_batch")
 
@@ -60,6 +80,39 @@ INSTALL_HINT = "Ray Data is not installed: pip install 'llmrec[ray]' (or pip ins
 
 TIMING_COLUMNS = ("started", "ended")
 """Wall-clock times (s since the epoch) of the chunk each output row came from."""
+
+SCORING = ("engine", "staged", "ray-vllm")
+"""How ``llmrec ray-batch`` ranks a chunk: the whole ChunkRanker per actor, or stages A -> B ->
+C with B on our backend (``staged``) or on Ray's vLLM integration (``ray-vllm``, GPUs)."""
+
+ADAPTER_DOMAIN = "default"
+"""The ``domain`` of every request when the config names an adapter (``ray-vllm``: its LoRA)."""
+
+PROMPT_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("request_id", pa.string()),
+        ("user", pa.string()),
+        ("error", pa.string()),
+        ("reason", pa.string()),
+        ("item_ids", pa.list_(pa.string())),
+        ("titles", pa.list_(pa.string())),
+        ("retriever_scores", pa.list_(pa.float64())),
+        ("fallback", pa.bool_()),
+        ("prompt_text", pa.string()),
+        ("prompt_ids", pa.list_(pa.int64())),
+        ("label_order", pa.list_(pa.int64())),
+        ("domain", pa.string()),
+        ("started", pa.float64()),
+    ]
+)
+"""Stage A's row per request: its candidates (retriever order, padding dropped) with ids,
+titles and retriever scores; the prompt (null, and no ids, when the row is not scored) with
+the candidate positions in label order; ``error`` (a bad row) or a fallback ``reason``
+(``llm_disabled``, ``llm_error``) as ``llmrec batch`` writes them; when the chunk started."""
+
+SCORES_COLUMN = "label_logprobs"
+"""Stage B's column: the label log-probs of the row's prompt (null: not scored, or failed)."""
 
 
 def import_ray() -> Any:
@@ -107,14 +160,284 @@ class RankingWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """The output rows (:data:`~llmrec.batch.ROW_SCHEMA` and the chunk's timing) of a chunk
         of encoded input rows (:func:`encode_rows`) numbered in ``id``."""
-        values = [batch.column(name).to_pylist() for name in ("id", *INPUT_COLUMNS)]
-        requests = [request_of(row, *map(_decode, fields)) for row, *fields in zip(*values)]
+        requests = decode_requests(batch)
         started = time.time()
         table, _ = self.ranker.rank(requests, schema=ROW_SCHEMA)
         ended = time.time()
         for name, value in zip(TIMING_COLUMNS, (started, ended)):
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.float64()))
         return table
+
+
+def decode_requests(batch: pa.Table) -> list[BatchRequest]:
+    """The requests of a chunk of encoded input rows (:func:`encode_rows`) numbered in ``id``."""
+    values = [batch.column(name).to_pylist() for name in ("id", *INPUT_COLUMNS)]
+    return [request_of(row, *map(_decode, fields)) for row, *fields in zip(*values)]
+
+
+# --- the stages of the staged routes -----------------------------------------------------------
+
+
+class PromptOnlyBackend:
+    """A backend with the model's tokenizer only: what an :class:`~llmrec.llm.reranker.LLMReranker`
+    needs to render prompts (stage A) without loading the model; it scores nothing."""
+
+    def __init__(self, model: str) -> None:
+        from transformers import AutoTokenizer
+
+        from llmrec.llm.models import resolve_model
+
+        self.model_name = model
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+
+    def label_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int]) -> np.ndarray:
+        """Not here: stage B scores the prompts."""
+        raise RuntimeError("stage A renders prompts; stage B scores them")
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Not here: stage B scores the prompts."""
+        raise RuntimeError("stage A renders prompts; stage B scores them")
+
+
+def prompt_reranker(config: RecommendConfig) -> LLMReranker:
+    """The reranker of ``config`` (template, prompt budget, label ids) over the model's
+    tokenizer only (:class:`PromptOnlyBackend`)."""
+    from llmrec.llm.reranker import LLMReranker
+
+    return LLMReranker(PromptOnlyBackend(config.model), config.template, config.max_prompt_tokens)
+
+
+def prompt_parts(config: RecommendConfig) -> ServiceParts:
+    """Data, retriever and ranking options of ``config`` as ``llmrec batch`` builds them, with
+    :func:`prompt_reranker` in place of the LLM (none with ``no_llm``)."""
+    from llmrec.service.loading import build_parts
+
+    parts = build_parts(dataclasses.replace(config, no_llm=True))
+    if not config.no_llm:
+        parts.recommender.reranker = prompt_reranker(config)
+    return parts
+
+
+class PromptWorker:
+    """Stage A, one actor of a CPU pool: a chunk of encoded input rows -> one
+    :data:`PROMPT_SCHEMA` row per request (checked, retrieved, its prompt rendered and, with
+    ``token_ids``, tokenized as our backends do: no added BOS)."""
+
+    def __init__(self, config: RecommendConfig, token_ids: bool = False) -> None:
+        self.ranker = ChunkRanker(prompt_parts(config))
+        self.token_ids = token_ids
+        self.domain = ADAPTER_DOMAIN if config.adapter else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """The :data:`PROMPT_SCHEMA` rows of a chunk of :func:`encode_rows` rows."""
+        requests = decode_requests(batch)
+        started = time.time()
+        checked, errors = self.ranker.checked(requests)
+        rows = {r.row: self._row(r, started, error=errors[r.row]) for r in requests if r.row in errors}
+        rows.update(self._retrieved(checked, started))
+        return pa.Table.from_pylist([rows[r.row] for r in requests], schema=PROMPT_SCHEMA)
+
+    def _retrieved(self, checked: list[tuple[BatchRequest, History]], started: float) -> dict[int, dict]:
+        """The rows of the valid requests: candidates, prompt, fallback reason."""
+        if not checked:
+            return {}
+        rec = self.ranker.recommender
+        histories = [h for _, h in checked]
+        candidates = rec.retrieve(histories, self.ranker.parts.allowed)
+        prompts, reason = self._prompts(histories, candidates.items)
+        rows = {}
+        for i, (request, _) in enumerate(checked):
+            valid = np.flatnonzero(candidates.items[i] >= 0)
+            items = candidates.items[i, valid]
+            prompt, order = prompts.get(i, (None, None))
+            rows[request.row] = self._row(
+                request,
+                started,
+                reason=reason if i in prompts or reason == "llm_disabled" else None,
+                item_ids=[str(rec.catalog.item_ids[j]) for j in items],
+                titles=[rec.catalog.titles[j] for j in items],
+                retriever_scores=candidates.scores[i, valid].astype(np.float64).tolist(),
+                fallback=bool(candidates.fallback[i]),
+                prompt_text=None if reason else prompt,
+                prompt_ids=self._ids(prompt) if prompt and not reason else [],
+                label_order=[] if order is None else order.tolist(),
+            )
+        return rows
+
+    def _prompts(
+        self, histories: list[History], items: np.ndarray
+    ) -> tuple[dict[int, tuple[str, np.ndarray]], str | None]:
+        """Per history with candidates (by position): its prompt and the candidate positions in
+        label order; the fallback reason of them all (no LLM; or a prompt that cannot be built,
+        which ``llmrec batch`` meets as a failed scoring call)."""
+        rec = self.ranker.recommender
+        if rec.reranker is None:
+            return {}, "llm_disabled"
+        scored = [i for i in range(len(histories)) if (items[i] >= 0).any()]
+        if not scored:
+            return {}, None
+        users, rows = [histories[i] for i in scored], items[scored]
+        try:
+            texts, layout = rec.reranker.build_prompts(
+                *rec.texts(users, rows), self.ranker.parts.params, rec.evidence(users, rows)
+            )
+        except Exception as err:  # noqa: BLE001 - as a failed scoring call in llmrec batch
+            logger.warning("prompts of a chunk of %d failed, retriever order kept: %r", len(scored), err)
+            return dict.fromkeys(scored, ("", np.arange(0))), "llm_error"
+        return {scored[u]: (text, order) for text, (u, order) in zip(texts, layout)}, None
+
+    def _ids(self, prompt: str) -> list[int]:
+        if not self.token_ids:
+            return []
+        tokenizer = self.ranker.recommender.reranker.backend.tokenizer
+        return tokenizer.encode(prompt, add_special_tokens=False)
+
+    def _row(self, request: BatchRequest, started: float, **values: Any) -> dict[str, Any]:
+        return {
+            "row": request.row,
+            "request_id": request.request_id,
+            "user": None if request.user is None else str(request.user),
+            "domain": self.domain,
+            "started": started,
+            **values,
+        }
+
+
+class ScoringWorker:
+    """Stage B on our backend, one actor of a pool: ``label_logprobs`` of each row's prompt,
+    scored as ``llmrec batch`` scores a chunk (the config's backend, the reranker's chunks of
+    prompts); the columns the ``ray.data.llm`` processor's postprocess emits. A failed call
+    leaves the batch's rows unscored (stage C: ``llm_error``)."""
+
+    def __init__(self, config: RecommendConfig, threads: int | None = None) -> None:
+        from llmrec.llm.reranker import RerankParams
+        from llmrec.pipeline import build_reranker
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.reranker = build_reranker(config)
+        self.chunk_size = RerankParams().chunk_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """``batch`` (:data:`PROMPT_SCHEMA`) with :data:`SCORES_COLUMN`."""
+        prompts = batch.column("prompt_text").to_pylist()
+        scored = [i for i, p in enumerate(prompts) if p is not None]
+        values: list[list[float] | None] = [None] * len(prompts)
+        try:
+            for lo in range(0, len(scored), self.chunk_size):
+                part = scored[lo : lo + self.chunk_size]
+                logp = self.reranker.backend.label_logprobs(
+                    [prompts[i] for i in part], self.reranker.label_ids
+                )
+                for i, row in zip(part, logp):
+                    values[i] = row.astype(np.float64).tolist()
+        except Exception as err:  # noqa: BLE001 - any LLM failure: the retriever's order, with the reason
+            logger.warning("LLM scoring of a chunk of %d failed, retriever order kept: %r", len(scored), err)
+            values = [None] * len(prompts)
+        return batch.append_column(SCORES_COLUMN, pa.array(values, pa.list_(pa.float64())))
+
+
+@dataclass
+class ChunkCatalog:
+    """The candidates of a chunk as a catalog (ids and titles by index) for
+    :meth:`~llmrec.pipeline.Ranking.lists`."""
+
+    item_ids: np.ndarray
+    titles: list[str]
+
+
+def chunk_candidates(rows: Sequence[Mapping[str, Any]]) -> tuple[ChunkCatalog, Candidates]:
+    """Stage A's rows as :class:`~llmrec.candidates.base.Candidates` over a :class:`ChunkCatalog`
+    of their candidates (each row's in retriever order, padded with -1)."""
+    width = max([len(r["item_ids"] or []) for r in rows] + [1])
+    items = np.full((len(rows), width), -1, dtype=np.int64)
+    scores = np.full((len(rows), width), -np.inf)
+    ids: list[str] = []
+    titles: list[str] = []
+    for u, r in enumerate(rows):
+        n = len(r["item_ids"] or [])
+        items[u, :n] = np.arange(len(ids), len(ids) + n)
+        scores[u, :n] = r["retriever_scores"] or []
+        ids += r["item_ids"] or []
+        titles += r["titles"] or []
+    fallback = np.array([bool(r["fallback"]) for r in rows], dtype=bool)
+    return ChunkCatalog(np.array(ids, dtype=object), titles), Candidates(items, scores, fallback)
+
+
+def row_llm_scores(row: Mapping[str, Any], task: str) -> np.ndarray | None:
+    """A row's LLM score per candidate (retriever order) from its label log-probs, as
+    :meth:`~llmrec.llm.reranker.LLMReranker.score` computes them; None when not scored."""
+    from llmrec.llm.reranker import candidate_scores, prompt_scores
+
+    logp = row.get(SCORES_COLUMN)
+    if logp is None or row.get("prompt_text") is None:
+        return None
+    layout = [(0, np.asarray(row["label_order"], dtype=np.int64))]
+    return candidate_scores(layout, prompt_scores(np.asarray([logp]), task), [len(row["item_ids"])])[0]
+
+
+def row_reason(row: Mapping[str, Any], scores: np.ndarray | None) -> str | None:
+    """A row's fallback reason: stage A's, else ``llm_error`` for a prompt left unscored."""
+    if row.get("reason") is not None:
+        return row["reason"]
+    return "llm_error" if row.get("prompt_text") is not None and scores is None else None
+
+
+def order_stage(batch: pa.Table, *, task: str, retriever_weight: float, n: int | None) -> pa.Table:
+    """Stage C: scored rows (:data:`PROMPT_SCHEMA` with :data:`SCORES_COLUMN`) -> the output rows
+    of ``llmrec batch`` (:data:`~llmrec.batch.ROW_SCHEMA`) and the chunk's timing: each list
+    ordered by its LLM scores fused at ``retriever_weight`` (else the retriever's order), top
+    ``n``; ``task``: the template's."""
+    rows = batch.to_pylist()
+    catalog, candidates = chunk_candidates(rows)
+    scores = [row_llm_scores(r, task) for r in rows]
+    lists = ordered_lists(candidates, scores, retriever_weight, catalog, n)  # type: ignore[arg-type]
+    out: list[dict[str, Any]] = []
+    for r, ranked, llm in zip(rows, lists, scores):
+        request = BatchRequest(r["row"], r["request_id"], r["user"])
+        out.extend(request_rows(request, ranked, row_reason(r, llm), r["error"]))
+    table = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+    started = min(r["started"] for r in rows) if rows else time.time()
+    for name, value in zip(TIMING_COLUMNS, (started, time.time())):
+        table = table.append_column(name, pa.array([value] * table.num_rows, pa.float64()))
+    return table
+
+
+def check_scoring(scoring: str, config: RecommendConfig) -> None:
+    """A :class:`ConfigError` naming ``--scoring`` for a route this config or machine cannot run:
+    an unknown one; a staged route with more than one prompt per user; ``ray-vllm`` without
+    CUDA. Cheap: runs before Ray starts."""
+    if scoring not in SCORING:
+        raise ConfigError(f"one of {', '.join(SCORING)}", parameter="scoring", value=scoring)
+    if scoring == "engine" or config.no_llm:
+        return
+    from llmrec.llm.prompting import PromptTemplate
+
+    template = PromptTemplate.load(config.template)
+    if template.task != "listwise" or config.shuffles or config.mode != "verbalizer":
+        raise ConfigError(
+            f"scores one prompt per user: a listwise template (not {template.task!r} "
+            f"{template.name!r}), shuffles 0 (not {config.shuffles}) and mode verbalizer "
+            f"(not {config.mode!r}); or --scoring engine",
+            parameter="scoring",
+            value=scoring,
+        )
+    if scoring == "ray-vllm" and not cuda_available():
+        raise ConfigError(
+            "needs CUDA GPUs (Ray's vLLM integration) and this machine has none: use "
+            "--scoring staged (the config's backend) or engine",
+            parameter="scoring",
+            value=scoring,
+        )
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU on this machine."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def encode_rows(batch: pa.Table) -> pa.Table:
@@ -157,7 +480,8 @@ class RayBatchJob:
     Ray Data: ``workers`` actors of ``cpus_per_worker`` CPUs each (default: this machine's CPUs
     shared out) and ``gpus_per_worker`` GPUs, ``chunk_size`` rows per LLM scoring call.
     ``address``: an existing cluster (``ray start --head``), else a local one of ``num_cpus``
-    logical CPUs is started and stopped."""
+    logical CPUs is started and stopped. ``scoring``: one of :data:`SCORING`; the staged routes
+    add a pool of ``workers`` one-CPU actors for stage A."""
 
     input_path: Path
     out: Path
@@ -168,6 +492,7 @@ class RayBatchJob:
     address: str | None = None
     num_cpus: int | None = None
     gpus_per_worker: float = 0.0
+    scoring: str = "engine"
 
     def __post_init__(self) -> None:
         self.input_path, self.out = Path(self.input_path), Path(self.out)
@@ -178,6 +503,7 @@ class RayBatchJob:
         if self.gpus_per_worker < 0:
             raise ConfigError("must be >= 0", parameter="gpus_per_worker", value=self.gpus_per_worker)
         input_columns(self.input_path)  # fails fast: before Ray, data or a model starts
+        check_scoring(self.scoring, self.config)
         if self.cpus_per_worker is None:
             self.cpus_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
 
@@ -228,7 +554,8 @@ class RayBatchJob:
         (without it the actors hold every CPU and the read tasks wait forever)."""
         if self.num_cpus is not None:
             return self.num_cpus
-        return max(os.cpu_count() or 1, self.workers * int(self.cpus_per_worker or 1)) + 1
+        stage_a = self.workers if self.scoring != "engine" else 0
+        return max(os.cpu_count() or 1, self.workers * int(self.cpus_per_worker or 1) + stage_a) + 1
 
     def _pipeline(self, ray: Any, progress: bool) -> int:
         """Run the Ray Data pipeline into :attr:`parts_dir`; the number of input rows."""
@@ -242,17 +569,59 @@ class RayBatchJob:
         with _quiet_deprecation():  # zip: deterministic here, since preserve_order is set
             ds = ds.zip(ray.data.range(requests))
         ds = ds.repartition(target_num_rows_per_block=self.chunk_size, strict=True)
-        ds = ds.map_batches(
-            RankingWorker,
-            fn_constructor_args=(self.config, self.cpus_per_worker),
+        ds = self._ranked(ray, ds) if self.scoring == "engine" else self._staged(ray, ds)
+        ds.write_parquet(str(self.parts_dir))
+        return requests
+
+    def _ranked(self, ray: Any, ds: Any) -> Any:
+        """``engine``: each chunk ranked by a :class:`RankingWorker` of the pool."""
+        # GPUs: backend vllm or transformers in each actor
+        return self._pool(ray, ds, RankingWorker, (self.config, self.cpus_per_worker), self.cpus_per_worker)
+
+    def _pool(self, ray: Any, ds: Any, worker: type, args: tuple, cpus: int | None) -> Any:
+        """``ds`` through a pool of ``workers`` actors of class ``worker`` (built with ``args``),
+        one chunk per call: ``cpus`` CPUs each, and ``gpus_per_worker`` GPUs but for stage A."""
+        return ds.map_batches(
+            worker,
+            fn_constructor_args=args,
             batch_size=self.chunk_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self.workers),
-            num_cpus=self.cpus_per_worker,
-            num_gpus=self.gpus_per_worker,  # GPUs: backend vllm or transformers in each actor
+            num_cpus=cpus,
+            num_gpus=0.0 if worker is PromptWorker else self.gpus_per_worker,
         )
-        ds.write_parquet(str(self.parts_dir))
-        return requests
+
+    def _staged(self, ray: Any, ds: Any) -> Any:
+        """``staged`` / ``ray-vllm``: stage A (prompts), B (label log-probs), C (order)."""
+        from llmrec.llm.prompting import PromptTemplate
+
+        ds = self._pool(ray, ds, PromptWorker, (self.config, self.scoring == "ray-vllm"), 1)
+        if not self.config.no_llm:
+            ds = self._scored(ray, ds)
+        return ds.map_batches(
+            order_stage,
+            fn_kwargs={
+                "task": PromptTemplate.load(self.config.template).task,
+                "retriever_weight": self.config.retriever_weight,
+                "n": self.config.n,
+            },
+            batch_size=self.chunk_size,
+            batch_format="pyarrow",
+        )
+
+    def _scored(self, ray: Any, ds: Any) -> Any:
+        """Stage B: :class:`ScoringWorker` actors, or Ray's vLLM processor (``ray-vllm``)."""
+        if self.scoring == "ray-vllm":
+            processor = build_scoring_processor(
+                self.config,
+                prompt_reranker(self.config).label_ids,
+                {ADAPTER_DOMAIN: self.config.adapter} if self.config.adapter else None,
+                workers=self.workers,
+                batch_size=self.chunk_size,
+                max_model_len=max(2048, self.config.max_prompt_tokens + 1),
+            )
+            return processor(ds)
+        return self._pool(ray, ds, ScoringWorker, (self.config, self.cpus_per_worker), self.cpus_per_worker)
 
 
 def worker_error(err: Exception) -> LlmrecError | None:
@@ -430,25 +799,35 @@ def label_logprobs(output: Mapping[str, Any], label_ids: Sequence[int]) -> list[
 class ScoringPreprocess:
     """``ray.data.llm`` preprocess: a row ``{"prompt_ids": [...], "domain": str | None, ...}``
     with its vLLM request (:func:`scoring_request`) added; ``adapters``: domain -> LoRA folder
-    (a domain without one: the base model)."""
+    (a domain without one: the base model). A row without prompt ids (a bad row, no candidates)
+    is sent as a one-token request, its log-probs left out by :class:`ScoringPostprocess`."""
 
     label_ids: list[int]
     adapters: dict[str, str]
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         adapter = self.adapters.get(row.get("domain") or "")
-        return {**row, **scoring_request(row["prompt_ids"], self.label_ids, adapter)}
+        prompt = row["prompt_ids"] if has_prompt(row) else self.label_ids[:1]
+        return {**row, **scoring_request(prompt, self.label_ids, adapter)}
 
 
 @dataclass
 class ScoringPostprocess:
-    """``ray.data.llm`` postprocess: the row's own columns and ``label_logprobs``."""
+    """``ray.data.llm`` postprocess: the row's own columns and ``label_logprobs`` (null for a
+    row without prompt ids)."""
 
     label_ids: list[int]
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in row.items() if k not in ENGINE_COLUMNS}
-        return {**kept, "label_logprobs": label_logprobs(row, self.label_ids)}
+        scores = label_logprobs(row, self.label_ids) if has_prompt(row) else None
+        return {**kept, SCORES_COLUMN: scores}
+
+
+def has_prompt(row: Mapping[str, Any]) -> bool:
+    """Whether a row has prompt ids to score (a list or, once in Arrow, an array)."""
+    ids = row.get("prompt_ids")
+    return ids is not None and len(ids) > 0
 
 
 def build_scoring_processor(

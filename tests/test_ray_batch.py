@@ -5,7 +5,8 @@ configuration (Ray's vLLM integration) up to the device boundary: the processor,
 stage (one GPU per engine), the per-prompt requests and the reading of the engine's output are
 built and checked on a CPU; no engine starts. The slow tests start a local Ray cluster and rank
 ml-latest-small users on two workers, without and with the LLM stage (the offline default
-model), against `llmrec batch` on the same input and settings.
+model), against `llmrec batch` on the same input and settings; and the staged route (prompts,
+scoring, ordering as Ray Data stages) on one.
 """
 
 from __future__ import annotations
@@ -167,8 +168,11 @@ def test_the_vllm_processor_scores_label_tokens_with_one_lora_per_domain(ray_clu
 # --- slow: a local Ray cluster against `llmrec batch` -------------------------------------------
 
 
-def assert_same_as_batch(source: Path, config_file: Path, tmp_path: Path, chunk_size: int, workers: int):
-    """`llmrec ray-batch` and `llmrec batch` write the same rows; the Ray job's summary."""
+def assert_same_as_batch(
+    source: Path, config_file: Path, tmp_path: Path, chunk_size: int, workers: int, *options
+):
+    """`llmrec ray-batch` (with ``options``) and `llmrec batch` write the same rows; the Ray
+    job's summary."""
     config = load_config(RecommendConfig, config_file)
     reference = BatchJob(source, tmp_path / "batch.parquet", config, chunk_size).run(progress=False)
     out, summary_file = tmp_path / f"ray-{workers}.parquet", tmp_path / f"ray-{workers}.json"
@@ -186,6 +190,7 @@ def assert_same_as_batch(source: Path, config_file: Path, tmp_path: Path, chunk_
         1,
         "--summary",
         summary_file,
+        *options,
     )
     assert result.exit_code == 0, result.output
     ours, theirs = pq.read_table(out), pq.read_table(reference.output)
@@ -237,3 +242,143 @@ def test_ray_job_with_the_llm_ranks_as_llmrec_batch(ray_cluster, ml_small_dir, s
     pq.write_table(pa.table({"user": [str(u) for u in range(1, 17)]}), source)
     summary = assert_same_as_batch(source, config, tmp_path, chunk_size=6, workers=2)
     assert summary["reranked"] == 16 and summary["fallbacks"] == {} and summary["workers"] == 2
+
+
+@pytest.mark.slow
+def test_staged_scoring_ranks_as_llmrec_batch(ray_cluster, ml_small_dir, smollm_dir, tmp_path):
+    """`--scoring staged`: stage A (prompts), B (SmolLM2-135M through transformers, one torch
+    thread as in `llmrec batch`) and C (ordering) as Ray Data stages; 16 users, a bad row, chunks
+    of 6: the same rankings, scores and bytes as `llmrec batch`."""
+    import pyarrow as pa
+
+    config = write_config(tmp_path / "llm.yaml", **llm_settings(ml_small_dir, smollm_dir), threads=1)
+    source = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"user": [str(u) for u in range(1, 17)] + ["999999"]}), source)
+    summary = assert_same_as_batch(source, config, tmp_path, 6, 1, "--scoring", "staged")
+    assert summary["reranked"] == 16 and summary["errors"] == 1 and summary["fallbacks"] == {}
+
+
+# --- the staged routes up to the device ---------------------------------------------------------
+
+
+def llm_settings(ml_small_dir: Path, smollm_dir: Path) -> dict:
+    """The LLM settings of the tests: itemknn top-10, SmolLM2-135M, the compact listwise prompt."""
+    return {
+        "dataset": str(ml_small_dir),
+        "retriever": "itemknn",
+        "model": str(smollm_dir),
+        "template": "listwise_compact",
+        "dtype": "auto",
+        "batch_size": 8,
+    }
+
+
+def test_ray_vllm_without_cuda_is_refused_before_ray_starts(ml_small_dir, smollm_dir, tmp_path, monkeypatch):
+    import torch
+
+    import llmrec.ray_batch as ray_batch_module
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("Ray started before --scoring was checked")
+
+    monkeypatch.setattr(ray_batch_module, "ray_cluster", no_cluster)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CI machine
+    config = write_config(tmp_path / "c.yaml", **llm_settings(ml_small_dir, smollm_dir))
+    source = tmp_path / "users.csv"
+    source.write_text("user\n1\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    result = ray_batch(source, "--config", config, "--out", out, "--scoring", "ray-vllm")
+    assert result.exit_code == 2, result.output
+    assert "scoring='ray-vllm'" in result.output and "needs CUDA GPUs" in result.output
+    result = ray_batch(source, "--config", config, "--out", out, "--scoring", "staged", "--shuffles", 2)
+    assert result.exit_code == 2 and "scoring='staged'" in result.output and "shuffles 0" in result.output
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def stage_a(ml_small_dir, smollm_dir, tmp_path_factory):
+    """Stage A of the ray-vllm route (token ids on) on 4 known users, a typed history and a bad
+    row, run in this process: its config and output rows."""
+    import pyarrow as pa
+
+    from llmrec.ray_batch import PromptWorker, encode_rows
+
+    path = write_config(
+        tmp_path_factory.mktemp("stage_a") / "c.yaml", **llm_settings(ml_small_dir, smollm_dir)
+    )
+    config = load_config(RecommendConfig, path)
+    rows = pa.table(
+        {
+            "user": ["1", "2", "3", "4", None, "999999"],
+            "history": [None, None, None, None, "Heat;Casino (1995)", None],
+        }
+    )
+    encoded = encode_rows(rows).append_column("id", pa.array(range(rows.num_rows), pa.int64()))
+    return config, PromptWorker(config, token_ids=True)(encoded)
+
+
+def test_ray_vllm_stage_a_rows_become_the_engine_requests(stage_a):
+    from llmrec.ray_batch import ScoringPreprocess, prompt_reranker
+
+    config, table = stage_a
+    reranker = prompt_reranker(config)
+    labels = reranker.label_ids
+    rows = table.to_pylist()
+    assert [r["error"] is not None for r in rows] == [False] * 5 + [True]
+    for row in rows[:5]:
+        assert row["reason"] is None and len(row["item_ids"]) == 10 == len(row["retriever_scores"])
+        assert row["label_order"] == list(range(10))
+        ids = reranker.backend.tokenizer.encode(row["prompt_text"], add_special_tokens=False)
+        assert row["prompt_ids"] == ids  # as our backends tokenize: no added BOS
+    pre = ScoringPreprocess(labels, {})
+    request = pre(rows[0])
+    assert request["tokenized_prompt"] == rows[0]["prompt_ids"] and "model" not in request
+    assert request["sampling_params"] == {
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "logprob_token_ids": labels,
+        "detokenize": False,
+    }
+    assert pre(rows[5])["tokenized_prompt"] == labels[:1]  # a bad row: a one-token request
+
+
+def test_stage_c_orders_the_engine_output_as_the_reranker(stage_a):
+    """The engine's output dict (the device boundary) -> postprocess -> stage C: the label
+    log-probs decide the order; the bad row stays an error row; stage B on our backend emits
+    the postprocess's columns."""
+    import pyarrow as pa
+
+    from llmrec.ray_batch import (
+        ScoringPostprocess,
+        ScoringPreprocess,
+        ScoringWorker,
+        order_stage,
+        prompt_reranker,
+    )
+
+    config, table = stage_a
+    labels = prompt_reranker(config).label_ids
+    pre, post = ScoringPreprocess(labels, {}), ScoringPostprocess(labels)
+    outputs = []
+    for row in table.to_pylist():
+        request = pre(row)
+        # label i scores i: the retriever's last candidate first
+        step = {str(t): {"logprob": float(i) - 30.0, "rank": 1} for i, t in enumerate(labels)}
+        outputs.append(post({**request, "logprobs": [step], "generated_tokens": [labels[0]]}))
+    scored = pa.Table.from_pylist(outputs)
+    assert set(scored.column_names) == set(ScoringWorker(config)(table).column_names)
+    ranked = order_stage(scored, task="listwise", retriever_weight=0.0, n=5).to_pylist()
+    first = [r for r in ranked if r["row"] == 0]
+    assert [r["retriever_rank"] for r in first] == [10, 9, 8, 7, 6]
+    assert [r["score"] for r in first] == [-21.0, -22.0, -23.0, -24.0, -25.0]
+    assert all(r["reranked"] and r["reason"] is None for r in ranked if r["row"] < 5)
+    bad = [r for r in ranked if r["row"] == 5]
+    assert len(bad) == 1 and bad[0]["item_id"] is None and "999999" in bad[0]["error"]
+    no_scores = scored.set_column(
+        scored.schema.get_field_index("label_logprobs"),
+        "label_logprobs",
+        pa.nulls(scored.num_rows, pa.list_(pa.float64())),
+    )
+    fallback = order_stage(no_scores, task="listwise", retriever_weight=0.0, n=5).to_pylist()
+    assert {r["reason"] for r in fallback if r["row"] < 5} == {"llm_error"}
+    assert [r["retriever_rank"] for r in fallback if r["row"] == 0] == [1, 2, 3, 4, 5]

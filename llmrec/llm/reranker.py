@@ -135,29 +135,23 @@ class LLMReranker:
         if len(histories) != len(candidates):
             raise ValueError(f"{len(histories)} histories but {len(candidates)} candidate lists")
         prompts, layout = self.build_prompts(histories, candidates, params, evidence)
-        scores = [np.zeros(len(c), dtype=np.float64) for c in candidates]
-        counts = [np.zeros(len(c), dtype=np.float64) for c in candidates]
+        values: list[np.ndarray] = []
         bar = tqdm(
             total=len(prompts), desc=f"rerank ({params.mode})", disable=not params.progress, unit="prompt"
         )
         for lo in range(0, len(prompts), params.chunk_size):
             chunk = prompts[lo : lo + params.chunk_size]
             if params.mode == "generate":
-                values = self._generated_scores(chunk, layout[lo : lo + len(chunk)], params.max_new_tokens)
+                shown = layout[lo : lo + len(chunk)]
+                values.extend(self._generated_scores(chunk, shown, params.max_new_tokens))
             else:
-                values = self._verbalizer_scores(chunk)
-            for (u, order), row in zip(layout[lo : lo + len(chunk)], values):
-                scores[u][order] += row[: len(order)]
-                counts[u][order] += 1
+                values.extend(self._verbalizer_scores(chunk))
             bar.update(len(chunk))
         bar.close()
-        return [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
+        return candidate_scores(layout, values, [len(c) for c in candidates])
 
     def _verbalizer_scores(self, prompts: list[str]) -> np.ndarray:
-        logp = self.backend.label_logprobs(prompts, self.label_ids)
-        if self.template.task == "pointwise":
-            return (logp[:, 0] - logp[:, 1])[:, None]  # log P(yes) - log P(no)
-        return logp
+        return prompt_scores(self.backend.label_logprobs(prompts, self.label_ids), self.template.task)
 
     def _generated_scores(self, prompts: list[str], layout, max_new_tokens: int) -> list[np.ndarray]:
         texts = self.backend.generate(prompts, max_new_tokens)
@@ -172,6 +166,30 @@ class LLMReranker:
                 row[label_index] = -pos
             out.append(row)
         return out
+
+
+def prompt_scores(logp: np.ndarray, task: str) -> np.ndarray:
+    """Each prompt's candidate scores (label order) from its label log-probs (``prompts x
+    labels``): the log-probs themselves, or for a pointwise ``task`` log P(yes) - log P(no)."""
+    logp = np.asarray(logp)
+    if task == "pointwise":
+        return (logp[:, 0] - logp[:, 1])[:, None]
+    return logp
+
+
+def candidate_scores(
+    layout: Sequence[tuple[int, np.ndarray]], values: Sequence[np.ndarray], sizes: Sequence[int]
+) -> list[np.ndarray]:
+    """Per user, one score per candidate (input order): the mean over the user's prompts
+    (``layout``: user index and candidate positions in label order, as
+    :meth:`LLMReranker.build_prompts`) of each prompt's scores ``values``; ``sizes``: the
+    number of candidates of each user."""
+    scores = [np.zeros(n, dtype=np.float64) for n in sizes]
+    counts = [np.zeros(n, dtype=np.float64) for n in sizes]
+    for (u, order), row in zip(layout, values):
+        scores[u][order] += row[: len(order)]
+        counts[u][order] += 1
+    return [s / np.maximum(c, 1) for s, c in zip(scores, counts)]
 
 
 def parse_labels(text: str, labels: Sequence[str]) -> list[int]:
