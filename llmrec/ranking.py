@@ -24,6 +24,11 @@ def top_k(scores: np.ndarray, k: int, tie_rank: np.ndarray) -> tuple[np.ndarray,
 
     Items scored ``-inf`` (excluded) are never returned; rows with fewer than
     ``k`` eligible items are padded with index -1 and score -inf.
+
+    ``np.partition`` finds each row's ``k``-th best score; rows where exactly ``k`` items reach
+    it are then sorted together (one vectorised sort of ``n x k``), the others (ties at the
+    threshold, e.g. many zero scores, or fewer than ``k`` finite scores) one by one among every
+    item tied at the threshold.
     """
     n, n_items = scores.shape
     k_eff = min(k, n_items)
@@ -31,9 +36,19 @@ def top_k(scores: np.ndarray, k: int, tie_rank: np.ndarray) -> tuple[np.ndarray,
     out_val = np.full((n, k), -np.inf, dtype=np.float32)
     if n == 0 or k_eff == 0:
         return out_idx, out_val
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-    kth = scores[np.arange(n)[:, None], part].min(axis=1)
-    for r in range(n):
+    kth = np.partition(scores, n_items - k_eff, axis=1)[:, n_items - k_eff]
+    reach = scores >= kth[:, None]
+    fast = np.isfinite(kth) & (reach.sum(axis=1) == k_eff)
+    if fast.any():
+        cand = np.nonzero(reach[fast])[1].reshape(-1, k_eff)
+        # The order is total (tie_rank is a permutation), so any exact sort gives the same list:
+        # tie_rank first, then a stable sort on the score.
+        by_tie = np.take_along_axis(cand, np.argsort(tie_rank[cand], axis=1), axis=1)
+        vals = np.take_along_axis(scores[fast], by_tie, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        out_idx[fast, :k_eff] = np.take_along_axis(by_tie, order, axis=1)
+        out_val[fast, :k_eff] = np.take_along_axis(vals, order, axis=1)
+    for r in np.flatnonzero(~fast):
         row = scores[r]
         thr = kth[r]
         above = np.flatnonzero(row > thr)

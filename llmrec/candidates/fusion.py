@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from llmrec.candidates.base import CandidateGenerator, CompositeGenerator, TrainData
+from llmrec.candidates.base import CandidateGenerator, CompositeGenerator, TrainData, apply_masks
 from llmrec.candidates.persistence import read_generator, write_generator
 from llmrec.data.catalog import History, ItemCatalog
 from llmrec.errors import ConfigError, LlmrecWarning
 from llmrec.ranking import top_k
 
 METHODS = ("rrf", "weighted")
+COMPOSE_ROWS = 1024
+"""Rows fused at once (each block holds one float64 row block and the components' scores)."""
 
 
 def default_components(seed: int = 0) -> list[CandidateGenerator]:
@@ -132,6 +135,7 @@ class FusedGenerator(CompositeGenerator):
         self.active: list[bool] | None = None
         """Per component, whether it was fitted and is used (default components that cannot
         handle the catalog, e.g. EASE above ``max_items``, are skipped with a warning)."""
+        self._prefitted: set[int] = set()
 
     @classmethod
     def _defaults(cls, seed: int) -> tuple[list[CandidateGenerator], list[float] | None]:
@@ -155,9 +159,28 @@ class FusedGenerator(CompositeGenerator):
             )
         return [make_generator(name, seed=seed) for name in names], [float(w) for w in weights]
 
+    def use_fitted(self, fitted: Mapping[str, CandidateGenerator | None]) -> FusedGenerator:
+        """Take components from ``fitted`` (by name) instead of fitting them again; returns ``self``.
+
+        A component is replaced only by a fitted generator of the same class and parameters,
+        which the caller guarantees was fit on the training data ``fit`` will be given (an
+        evaluation fits ``ease`` once for its own row and for ``fused``). Same scores as a refit:
+        fitting is deterministic.
+        """
+        for i, g in enumerate(self.generators):
+            other = fitted.get(g.name)
+            same = other is not None and type(other) is type(g) and other.params() == g.params()
+            if same and other.catalog is not None:
+                self.generators[i] = other
+                self._prefitted.add(i)
+        return self
+
     def _fit(self, train: TrainData) -> None:
         active = []
-        for g in self.generators:
+        for i, g in enumerate(tqdm(self.generators, desc=f"{self.name} fit", leave=False)):
+            if i in self._prefitted:
+                active.append(True)
+                continue
             try:
                 g.fit(train)
             except ConfigError as exc:
@@ -171,6 +194,7 @@ class FusedGenerator(CompositeGenerator):
                 continue
             active.append(True)
         self.active = active
+        self._prefitted = set()  # a later fit (other data) fits every component
 
     def params(self) -> dict[str, Any]:
         # The components are saved in sub-folders, not as a parameter.
@@ -194,9 +218,43 @@ class FusedGenerator(CompositeGenerator):
     def _load_state(self, folder: Path) -> None:
         self.active = [g.catalog is not None for g in self.generators]
 
-    def _compose(
-        self, histories: Sequence[History], exclude_history: bool, allowed: np.ndarray | None
+    def masked_scores_given(
+        self,
+        histories: Sequence[History],
+        given: Mapping[int, np.ndarray],
+        exclude_history: bool = True,
+        allowed: np.ndarray | None = None,
     ) -> np.ndarray:
+        """:meth:`masked_scores`, reading a component's scores from ``given`` (by ``id`` of the
+        component) instead of scoring again: its ``masked_scores`` of the same ``histories``
+        with the same masks, as an evaluation that ranks the components too has them."""
+        self._check_fitted()
+        scores = self._compose(histories, exclude_history, allowed, given)
+        return apply_masks(scores, histories, exclude_history, allowed)
+
+    def _compose(
+        self,
+        histories: Sequence[History],
+        exclude_history: bool,
+        allowed: np.ndarray | None,
+        given: Mapping[int, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        # Rows are independent: blocks bound the float64 sums and the components' score arrays.
+        out = np.empty((len(histories), len(self.catalog)), dtype=np.float32)
+        for lo in range(0, len(histories), COMPOSE_ROWS):
+            hi = min(lo + COMPOSE_ROWS, len(histories))
+            part = {key: scores[lo:hi] for key, scores in (given or {}).items()}
+            out[lo:hi] = self._compose_block(histories[lo:hi], exclude_history, allowed, part)
+        return out
+
+    def _compose_block(
+        self,
+        histories: Sequence[History],
+        exclude_history: bool,
+        allowed: np.ndarray | None,
+        given: Mapping[int, np.ndarray],
+    ) -> np.ndarray:
+        """:meth:`_compose` of one block of rows: float64 sums, cast to float32 once."""
         n, n_items = len(histories), len(self.catalog)
         fused = np.zeros((n, n_items), dtype=np.float64)
         has_items = np.array([len(h.items) > 0 for h in histories], dtype=bool)
@@ -206,13 +264,18 @@ class FusedGenerator(CompositeGenerator):
             rows = np.arange(n) if g.uses_text else np.flatnonzero(has_items)
             if not len(rows):
                 continue
-            sub = [histories[r] for r in rows]
-            scores = g.masked_scores(sub, exclude_history, allowed)
+            if len(rows) == n and id(g) in given:
+                scores = given[id(g)].copy()  # the normalisation below works in place
+            else:
+                sub = histories if len(rows) == n else [histories[r] for r in rows]
+                scores = g.masked_scores(sub, exclude_history, allowed)
             finite = np.isfinite(scores)
             signal = np.any(finite & (scores != 0.0), axis=1)
-            rows, scores, finite = rows[signal], scores[signal], finite[signal]
+            if not signal.all():
+                rows, scores, finite = rows[signal], scores[signal], finite[signal]
             if not len(rows):
                 continue
+            target = slice(None) if len(rows) == n else rows
             if self.method == "rrf":
                 items, _ = top_k(scores, self.depth, g.tie_rank)
                 ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
@@ -220,12 +283,24 @@ class FusedGenerator(CompositeGenerator):
                 r_idx = np.broadcast_to(rows[:, None], items.shape)[ok]
                 fused[r_idx, items[ok]] += w / (self.rrf_k + ranks[ok])
             else:
-                lo = np.where(finite, scores, np.inf).min(axis=1, keepdims=True)
-                hi = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
-                span = hi - lo
-                norm = np.where(finite & (span > 0), (scores - lo) / np.where(span > 0, span, 1.0), 0.0)
-                fused[rows] += w * norm
+                fused[target] += _minmax_weighted(scores, finite, w)
         return fused.astype(np.float32)
+
+
+def _minmax_weighted(scores: np.ndarray, finite: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * minmax(scores)`` per row over the finite entries, 0 elsewhere, in float32.
+
+    Overwrites ``scores``. In place, with the same float32 operations in the same order as
+    ``w * where(ok, (s - lo) / span, 0)``, so the fused sums are bit for bit unchanged.
+    """
+    lo = np.where(finite, scores, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
+    span = hi - lo
+    norm = np.subtract(scores, lo, out=scores)
+    norm /= np.where(span > 0, span, 1.0)
+    norm[~(finite & (span > 0))] = 0.0
+    norm *= weight
+    return norm
 
 
 class CrossDomainFusedGenerator(FusedGenerator):

@@ -13,6 +13,8 @@ from llmrec.data.catalog import History
 from llmrec.errors import ConfigError
 
 MODELS = ("als", "bpr")
+PROGRESS_MIN_INTERACTIONS = 500_000
+"""Fits on at least this many interactions show implicit's progress bar."""
 
 
 class MFGenerator(CandidateGenerator):
@@ -100,7 +102,7 @@ class MFGenerator(CandidateGenerator):
                 random_state=self.seed,
                 num_threads=1,
             )
-        est.fit(x, show_progress=False)
+        est.fit(x, show_progress=x.nnz >= PROGRESS_MIN_INTERACTIONS)  # implicit's bar, with an ETA
         self.estimator = est
         self.item_factors = np.ascontiguousarray(est.item_factors, dtype=np.float32)
 

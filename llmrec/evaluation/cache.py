@@ -110,6 +110,11 @@ class EvalCache:
     def folder(self, kind: str, key: str) -> Path | None:
         return None if self.root is None else self.root / kind / key
 
+    def has_arrays(self, kind: str, key: str) -> bool:
+        """Whether :meth:`arrays` of ``kind/key`` would be read from the cache."""
+        folder = self.folder(kind, key)
+        return folder is not None and (folder / "arrays.npz").is_file()
+
     def arrays(
         self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]
     ) -> dict[str, np.ndarray]:

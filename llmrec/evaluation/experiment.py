@@ -20,6 +20,7 @@ import numpy as np
 from llmrec import __version__
 from llmrec.candidates import load_generator, make_generator
 from llmrec.candidates.base import CandidateGenerator, TrainData
+from llmrec.candidates.fusion import FusedGenerator
 from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.catalog import History
 from llmrec.data.schema import RecDataset
@@ -28,7 +29,7 @@ from llmrec.errors import ConfigError
 from llmrec.evaluation.cache import EvalCache, data_fingerprint, default_cache_dir, digest
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.metrics import summarize_ranks
-from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_users, summarize
+from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_methods, rank_users, summarize
 from llmrec.evaluation.slices import beyond_accuracy, user_slices
 from llmrec.evaluation.stats import uncertainty
 
@@ -190,6 +191,9 @@ class FittedGenerators:
         if name in self._fitted:
             return self._fitted[name]
         gen = self._new(name)
+        if isinstance(gen, FusedGenerator):
+            # Components already fitted for their own rows (same data, same parameters).
+            gen.use_fitted(self._fitted)
         start = time.perf_counter()
         cache = self.run.cache
         hits = cache.stats.get("generators", {}).get("hits", 0)
@@ -223,6 +227,13 @@ def _histories_key(histories: list[History]) -> list[Any]:
     return [[h.items for h in histories], [h.text for h in histories]]
 
 
+def _ranked_key(
+    run: EvalRun, generators: FittedGenerators, name: str, histories: list[History], targets, allowed
+) -> str:
+    k = run.config.num_candidates
+    return digest("ranked", generators.key(name), *_histories_key(histories), targets, allowed, k)
+
+
 def ranked_users(
     run: EvalRun,
     generators: FittedGenerators,
@@ -231,16 +242,21 @@ def ranked_users(
     targets: np.ndarray,
     allowed: np.ndarray | None,
     desc: str,
+    computed: RankedUsers | None = None,
 ) -> RankedUsers | None:
-    """:func:`rank_users` of generator ``name`` through the cache (None: it cannot fit)."""
+    """:func:`rank_users` of generator ``name`` through the cache (None: it cannot fit);
+    ``computed``: its result from a joint pass (:func:`rank_together`), stored as computed."""
     k = run.config.num_candidates
-    key = digest("ranked", generators.key(name), *_histories_key(histories), targets, allowed, k)
+    key = _ranked_key(run, generators, name, histories, targets, allowed)
 
     def compute() -> dict[str, np.ndarray]:
-        gen = generators.get(name)
-        if gen is None:
-            raise _Skipped
-        r = rank_users(gen, histories, targets, allowed, k, run.config.retrieval_batch_size, desc=desc)
+        r = computed
+        if r is None:
+            gen = generators.get(name)
+            if gen is None:
+                raise _Skipped
+            batch = run.config.retrieval_batch_size
+            r = rank_users(gen, histories, targets, allowed, num_candidates=k, batch_size=batch, desc=desc)
         return {"ranks": r.ranks, "candidates": r.candidates, "fallback": r.fallback, "seconds": r.seconds}
 
     try:
@@ -252,6 +268,39 @@ def ranked_users(
 
 class _Skipped(Exception):
     """A generator that cannot fit this data (nothing to cache)."""
+
+
+def rank_together(
+    run: EvalRun,
+    generators: FittedGenerators,
+    names: list[str],
+    histories: list[History],
+    targets: np.ndarray,
+    allowed: np.ndarray | None,
+    group: str,
+) -> dict[str, RankedUsers]:
+    """The methods ``names`` not in the cache, ranked in one pass (:func:`rank_methods`): a fused
+    method reads its components' scores when they are methods too. Empty for fewer than two."""
+    todo = [
+        n
+        for n in names
+        if not run.cache.has_arrays(
+            "candidates", _ranked_key(run, generators, n, histories, targets, allowed)
+        )
+    ]
+    fitted = {n: g for n in todo if (g := generators.get(n)) is not None}
+    if len(fitted) < 2:
+        return {}
+    config = run.config
+    return rank_methods(
+        fitted,
+        histories,
+        targets,
+        allowed,
+        num_candidates=config.num_candidates,
+        batch_size=config.retrieval_batch_size,
+        desc=f"{group}: rank",
+    )
 
 
 def _evaluate_group(
@@ -267,8 +316,11 @@ def _evaluate_group(
     config = run.config
     results: dict[str, MethodResult] = {}
     ranked_by: dict[str, RankedUsers] = {}
+    joint = rank_together(run, generators, config.methods, histories, targets, allowed, group)
     for name in config.methods:
-        ranked = ranked_users(run, generators, name, histories, targets, allowed, f"{group}:{name}")
+        ranked = ranked_users(
+            run, generators, name, histories, targets, allowed, f"{group}:{name}", joint.get(name)
+        )
         if ranked is None:
             continue
         ranked_by[name] = ranked

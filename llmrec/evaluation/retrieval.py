@@ -9,13 +9,15 @@ reranker would see, so their Recall@``num_candidates`` caps the reranker.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from llmrec.candidates.base import CandidateGenerator
+from llmrec.candidates.base import CandidateGenerator, CompositeGenerator
+from llmrec.candidates.fusion import FusedGenerator
 from llmrec.data.catalog import History
 from llmrec.evaluation.metrics import DEFAULT_KS, recall_at_k, summarize_ranks
 from llmrec.ranking import rank_of, top_k
@@ -54,25 +56,69 @@ def rank_users(
     histories: Sequence[History],
     targets: np.ndarray,
     allowed: np.ndarray | None = None,
+    **options: Any,
+) -> RankedUsers:
+    """Rank of each target among all eligible items, plus top-``num_candidates`` lists.
+
+    ``options``: ``num_candidates``, ``batch_size`` and ``desc`` of :func:`rank_methods`.
+    """
+    return rank_methods({generator.name: generator}, histories, targets, allowed, **options)[generator.name]
+
+
+def rank_methods(
+    generators: Mapping[str, CandidateGenerator],
+    histories: Sequence[History],
+    targets: np.ndarray,
+    allowed: np.ndarray | None = None,
+    *,
     num_candidates: int = 20,
     batch_size: int = 256,
     desc: str | None = None,
-) -> RankedUsers:
-    """Rank of each target among all eligible items, plus top-``num_candidates`` lists."""
+) -> dict[str, RankedUsers]:
+    """:func:`rank_users` of several generators in one pass over the users, batch by batch.
+
+    A fused generator whose components are among ``generators`` (the same objects) reads their
+    scores of the batch instead of scoring again: the same numbers, each component scored once.
+    Memory: one ``batch_size x n_items`` score block per generator.
+    """
     n = len(histories)
-    ranks = np.zeros(n, dtype=np.int64)
-    cands = np.full((n, num_candidates), -1, dtype=np.int64)
-    fallback = np.zeros(n, dtype=bool)
-    start = time.perf_counter()
+    plain = {name: g for name, g in generators.items() if not isinstance(g, CompositeGenerator)}
+    composite = {name: g for name, g in generators.items() if isinstance(g, CompositeGenerator)}
+    out = {name: _RankedBuilder(n, num_candidates) for name in generators}
     batches = range(0, n, batch_size)
-    for lo in tqdm(batches, desc=desc or generator.name, leave=False, disable=n <= batch_size):
+    label = desc or ", ".join(generators)
+    for lo in tqdm(batches, desc=label, leave=False, disable=n <= batch_size, unit="batch"):
         hi = min(lo + batch_size, n)
-        scores = generator.masked_scores(histories[lo:hi], exclude_history=True, allowed=allowed)
+        given: dict[int, np.ndarray] = {}
+        for name, gen in [*plain.items(), *composite.items()]:
+            start = time.perf_counter()
+            if isinstance(gen, FusedGenerator):
+                scores = gen.masked_scores_given(histories[lo:hi], given, True, allowed)
+            else:
+                scores = gen.masked_scores(histories[lo:hi], exclude_history=True, allowed=allowed)
+                given[id(gen)] = scores
+            out[name].add(lo, hi, scores, targets[lo:hi], gen.tie_rank)
+            out[name].seconds += time.perf_counter() - start
+    return {name: out[name].result() for name in generators}
+
+
+class _RankedBuilder:
+    """The arrays of one generator's :class:`RankedUsers`, filled batch by batch."""
+
+    def __init__(self, n: int, num_candidates: int) -> None:
+        self.ranks = np.zeros(n, dtype=np.int64)
+        self.candidates = np.full((n, num_candidates), -1, dtype=np.int64)
+        self.fallback = np.zeros(n, dtype=bool)
+        self.seconds = 0.0
+
+    def add(self, lo: int, hi: int, scores: np.ndarray, targets: np.ndarray, tie_rank: np.ndarray) -> None:
         finite = np.where(np.isfinite(scores), scores, 0.0)
-        fallback[lo:hi] = ~np.any(finite != 0.0, axis=1)
-        ranks[lo:hi] = rank_of(scores, targets[lo:hi], generator.tie_rank)
-        cands[lo:hi], _ = top_k(scores, num_candidates, generator.tie_rank)
-    return RankedUsers(ranks=ranks, candidates=cands, fallback=fallback, seconds=time.perf_counter() - start)
+        self.fallback[lo:hi] = ~np.any(finite != 0.0, axis=1)
+        self.ranks[lo:hi] = rank_of(scores, targets, tie_rank)
+        self.candidates[lo:hi], _ = top_k(scores, self.candidates.shape[1], tie_rank)
+
+    def result(self) -> RankedUsers:
+        return RankedUsers(self.ranks, self.candidates, self.fallback, self.seconds)
 
 
 def summarize(
