@@ -91,6 +91,8 @@ class CandidateGenerator(ABC):
     """True when free-text histories (new users) carry signal for this generator."""
     saved_arrays: ClassVar[tuple[str, ...]] = ()
     """Attributes holding the learned state (numpy arrays or scipy.sparse matrices) :meth:`save` writes."""
+    parallel_scoring: ClassVar[bool] = True
+    """Whether two threads may call :meth:`masked_scores` at once (it only reads the fitted state)."""
 
     def __init__(self) -> None:
         self.catalog: ItemCatalog | None = None
@@ -186,6 +188,8 @@ class CompositeGenerator(CandidateGenerator):
     items are taken among eligible items (or a domain restriction would empty the result):
     subclasses implement :meth:`_compose` with the masks as arguments.
     """
+
+    parallel_scoring: ClassVar[bool] = False
 
     def score(self, histories: Sequence[History]) -> np.ndarray:
         """Combined scores with history items excluded inside each component (as ``candidates`` does)."""

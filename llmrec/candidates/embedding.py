@@ -151,6 +151,7 @@ class EmbeddingGenerator(CandidateGenerator):
     """
 
     name = "embedding"
+    parallel_scoring = False  # the encoder (torch) runs its own threads
     uses_text = True
     saved_arrays = ("item_vectors",)
 

@@ -70,6 +70,7 @@ class FusedGenerator(CompositeGenerator):
     """
 
     name = "fused"
+    parallel_scoring = True  # when every component's is (see rank_methods)
 
     def __init__(
         self,

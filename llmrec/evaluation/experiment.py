@@ -292,7 +292,8 @@ def rank_together(
     if len(fitted) < 2:
         return {}
     config = run.config
-    return rank_methods(
+    start = time.perf_counter()
+    ranked = rank_methods(
         fitted,
         histories,
         targets,
@@ -301,6 +302,8 @@ def rank_together(
         batch_size=config.retrieval_batch_size,
         desc=f"{group}: rank",
     )
+    run.timings.setdefault("ranking_seconds", {})[group] = round(time.perf_counter() - start, 3)
+    return ranked
 
 
 def _evaluate_group(

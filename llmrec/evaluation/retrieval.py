@@ -8,8 +8,11 @@ reranker would see, so their Recall@``num_candidates`` caps the reranker.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +24,11 @@ from llmrec.candidates.fusion import FusedGenerator
 from llmrec.data.catalog import History
 from llmrec.evaluation.metrics import DEFAULT_KS, recall_at_k, summarize_ranks
 from llmrec.ranking import rank_of, top_k
+
+RANK_THREADS = min(
+    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
+"""Threads that score batches at once in :func:`rank_methods` (this process's cores, at most 4)."""
 
 
 @dataclass
@@ -84,22 +92,36 @@ def rank_methods(
     n = len(histories)
     plain = {name: g for name, g in generators.items() if not isinstance(g, CompositeGenerator)}
     composite = {name: g for name, g in generators.items() if isinstance(g, CompositeGenerator)}
+    ordered = [*plain.items(), *composite.items()]
     out = {name: _RankedBuilder(n, num_candidates) for name in generators}
-    batches = range(0, n, batch_size)
-    label = desc or ", ".join(generators)
-    for lo in tqdm(batches, desc=label, leave=False, disable=n <= batch_size, unit="batch"):
+
+    def rank_batch(lo: int) -> None:
         hi = min(lo + batch_size, n)
         given: dict[int, np.ndarray] = {}
-        for name, gen in [*plain.items(), *composite.items()]:
+        for name, gen in ordered:
             start = time.perf_counter()
             if isinstance(gen, FusedGenerator):
                 scores = gen.masked_scores_given(histories[lo:hi], given, True, allowed)
             else:
                 scores = gen.masked_scores(histories[lo:hi], exclude_history=True, allowed=allowed)
                 given[id(gen)] = scores
-            out[name].add(lo, hi, scores, targets[lo:hi], gen.tie_rank)
-            out[name].seconds += time.perf_counter() - start
+            out[name].add(lo, hi, scores, targets[lo:hi], gen.tie_rank, start)
+
+    batches = range(0, n, batch_size)
+    # Batches are independent (each writes its own rows): several threads score them at once,
+    # as most of the work is numpy / scipy that releases the GIL. Same numbers in any order.
+    threads = RANK_THREADS if all(_parallel_safe(g) for g in generators.values()) else 1
+    bar = tqdm(total=len(batches), desc=desc or ", ".join(generators), leave=False, unit="batch")
+    with bar, ThreadPoolExecutor(max_workers=max(1, min(threads, len(batches)))) as pool:
+        bar.disable = n <= batch_size
+        for _ in pool.map(rank_batch, batches):
+            bar.update()
     return {name: out[name].result() for name in generators}
+
+
+def _parallel_safe(gen: CandidateGenerator) -> bool:
+    """Whether ``gen`` and every component of it may score in two threads at once."""
+    return type(gen).parallel_scoring and all(_parallel_safe(g) for g in getattr(gen, "generators", ()))
 
 
 class _RankedBuilder:
@@ -110,12 +132,19 @@ class _RankedBuilder:
         self.candidates = np.full((n, num_candidates), -1, dtype=np.int64)
         self.fallback = np.zeros(n, dtype=bool)
         self.seconds = 0.0
+        """Wall seconds of scoring and ranking, summed over batches (over threads too)."""
+        self._lock = threading.Lock()
 
-    def add(self, lo: int, hi: int, scores: np.ndarray, targets: np.ndarray, tie_rank: np.ndarray) -> None:
+    def add(
+        self, lo: int, hi: int, scores: np.ndarray, targets: np.ndarray, tie_rank: np.ndarray, start: float
+    ) -> None:
+        """Rows ``lo:hi`` from their scores; ``start``: when scoring them began (for :attr:`seconds`)."""
         finite = np.where(np.isfinite(scores), scores, 0.0)
         self.fallback[lo:hi] = ~np.any(finite != 0.0, axis=1)
         self.ranks[lo:hi] = rank_of(scores, targets, tie_rank)
         self.candidates[lo:hi], _ = top_k(scores, self.candidates.shape[1], tie_rank)
+        with self._lock:
+            self.seconds += time.perf_counter() - start
 
     def result(self) -> RankedUsers:
         return RankedUsers(self.ranks, self.candidates, self.fallback, self.seconds)
