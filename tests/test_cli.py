@@ -38,7 +38,7 @@ def test_data_save_writes_a_folder_the_commands_read_back(tmp_path):
 def test_candidates_for_known_user_and_free_text(ml_small_dir):
     known = runner.invoke(app, ["candidates", str(ml_small_dir), "--user", "1", "--k", "5", "--json"])
     assert known.exit_code == 0, known.output
-    rows = json.loads(known.output)["candidates"]
+    rows = json.loads(known.stdout)["candidates"]  # progress bars go to stderr
     assert len(rows) == 5 and rows[0]["rank"] == 1
     typed = runner.invoke(
         app,
@@ -55,7 +55,7 @@ def test_candidates_for_known_user_and_free_text(ml_small_dir):
         ],
     )
     assert typed.exit_code == 0, typed.output
-    payload = json.loads(typed.output)
+    payload = json.loads(typed.stdout)
     titles = [r["title"] for r in payload["candidates"]]
     assert any("Toy Story 3" in t for t in titles), titles
     assert not any(t in ("Toy Story (1995)", "Toy Story 2 (1999)") for t in titles)
@@ -93,8 +93,8 @@ def test_recommend_without_llm_from_a_saved_retriever(ml_small_dir, tmp_path):
     refit = runner.invoke(app, args)
     loaded = runner.invoke(app, [*args, "--retriever-dir", str(saved)])
     assert refit.exit_code == 0 and loaded.exit_code == 0, refit.output + loaded.output
-    items = json.loads(loaded.output)["items"]
-    assert items == json.loads(refit.output)["items"] and len(items) == 10
+    items = json.loads(loaded.stdout)["items"]
+    assert items == json.loads(refit.stdout)["items"] and len(items) == 10
     assert [r["retriever_rank"] for r in items] == list(range(1, 11))
 
 
