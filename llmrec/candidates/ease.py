@@ -81,11 +81,8 @@ def _blas_threads(limit: int | None) -> Iterator[None]:
     if limit is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits  # a dependency of implicit
-    except ImportError:
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=limit, user_api="blas"):
         yield
 
