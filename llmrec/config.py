@@ -138,7 +138,7 @@ class RetrieverConfig(Settings):
     retriever: str = setting(
         "fused",
         "Candidate generator: popularity, bm25, itemknn, mf, ease, ease-plain, embedding, transition, "
-        "cross-ease, fused, fused-seq, fused-cross.",
+        "cross-ease, cross-userknn, fused, fused-seq, fused-cross.",
     )
     generator_params: dict[str, dict[str, Any]] = setting(
         {}, "Per-generator constructor parameters, e.g. {bm25: {k1: 1.2}} (YAML only)."

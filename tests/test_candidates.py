@@ -29,8 +29,8 @@ from llmrec.data.catalog import History, ItemCatalog
 from llmrec.errors import ConfigError, LlmrecWarning
 
 # name -> factory of an unfitted generator; every registered generator, plus BPR.
-# cross-ease needs two domains (tests/test_crossdomain.py); ml-latest-small has one.
-FACTORIES = {name: cls for name, cls in GENERATORS.items() if name != "cross-ease"}
+# cross-ease and cross-userknn need two domains (tests/test_crossdomain.py); ml-latest-small has one.
+FACTORIES = {name: cls for name, cls in GENERATORS.items() if name not in ("cross-ease", "cross-userknn")}
 FACTORIES["mf-bpr"] = lambda: MFGenerator(model="bpr", iterations=10)
 TEXT_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq", "embedding", "new-slots"}
 LEXICAL_GENERATORS = {"bm25", "fused", "fused-cross", "fused-seq"}
@@ -250,6 +250,7 @@ def test_make_generator_and_errors():
         "embedding",
         "transition",
         "cross-ease",
+        "cross-userknn",
         "fused",
         "fused-cross",
         "fused-seq",

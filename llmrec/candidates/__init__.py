@@ -13,7 +13,7 @@ from typing import Any
 
 from llmrec.candidates.base import CandidateGenerator, Candidates, TrainData, param_names
 from llmrec.candidates.bm25 import BM25Generator
-from llmrec.candidates.crossdomain import CrossDomainEASEGenerator
+from llmrec.candidates.crossdomain import CrossDomainEASEGenerator, CrossDomainUserKNNGenerator
 from llmrec.candidates.ease import EASEGenerator, PlainEASEGenerator
 from llmrec.candidates.embedding import EmbeddingGenerator
 from llmrec.candidates.fusion import (
@@ -43,6 +43,7 @@ GENERATORS: dict[str, type[CandidateGenerator]] = {
         EmbeddingGenerator,
         TransitionGenerator,
         CrossDomainEASEGenerator,
+        CrossDomainUserKNNGenerator,
         FusedGenerator,
         CrossDomainFusedGenerator,
         SequentialFusedGenerator,
@@ -84,6 +85,7 @@ __all__ = [
     "Candidates",
     "CrossDomainEASEGenerator",
     "CrossDomainFusedGenerator",
+    "CrossDomainUserKNNGenerator",
     "EASEGenerator",
     "EmbeddingGenerator",
     "FusedGenerator",

@@ -116,3 +116,85 @@ class CrossDomainEASEGenerator(CandidateGenerator):
         assert self.weights is not None
         h = history_matrix(histories, len(self.catalog), self.recency_decay).astype(np.float32)
         return np.asarray((h @ self.weights).toarray(), dtype=np.float32)
+
+
+class CrossDomainUserKNNGenerator(CandidateGenerator):
+    """Users who share a user's items in other domains vote for their items in each domain.
+
+    For a domain ``d``, the neighbours are the training users active both in ``d`` and
+    outside it. A user's similarity to neighbour ``v`` is the overlap of their items outside
+    ``d`` (the user's weighted ``recency_decay ** age``), raised to ``similarity_power``; an
+    item of ``d`` scores the summed similarity of the neighbours who have it::
+
+        score_d(u, i) = sum_v (h_u[~d] . x_v[~d]) ** similarity_power * x_v[i]
+
+    Every neighbour votes (no top-k cut): on Amazon arts -> office *validation* cold-start
+    users, all 7,702 neighbours beat the top 50 / 200 (candidate Recall@20 0.0828 against
+    0.0652 / 0.0779), the square root beat the plain overlap (0.0855 against 0.0828) and the
+    overlap beat cosine or IDF-weighted similarities (0.0784 and below), all above
+    ``cross-ease`` (0.0735) and popularity (0.0663). A cold-start user's hidden target history
+    is never a neighbour's: only items in the training data are.
+
+    Parameters
+    ----------
+    recency_decay:
+        In (0, 1]; history item weight ``recency_decay ** age`` (1 = binary).
+    similarity_power:
+        > 0; exponent on the overlap (below 1 lets many weak neighbours outvote a few strong).
+    """
+
+    name = "cross-userknn"
+    saved_arrays = ("profiles",)
+
+    def __init__(self, recency_decay: float = 0.9, similarity_power: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < recency_decay <= 1.0:
+            raise ConfigError("must be in (0, 1]", parameter="recency_decay", value=recency_decay)
+        if similarity_power <= 0:
+            raise ConfigError("must be > 0", parameter="similarity_power", value=similarity_power)
+        self.recency_decay = recency_decay
+        self.similarity_power = similarity_power
+        self.profiles: sp.csr_matrix | None = None
+        """Binary users x items matrix of the training users active in at least two domains."""
+        self._domain_blocks: list[tuple[np.ndarray, sp.csr_matrix, sp.csc_matrix]] | None = None
+
+    def _fit(self, train: TrainData) -> None:
+        x = train.matrix().astype(np.float32).tocsr()
+        domains = np.asarray(train.catalog.domains)
+        names = sorted(set(domains.tolist()))
+        if len(names) < 2:
+            raise ConfigError(
+                "needs a catalog of at least two domains (items' `domain` field); this one has "
+                f"{names}: use itemknn or ease within one domain",
+                parameter="generator",
+                value=self.name,
+            )
+        active = np.stack([x[:, domains == d].getnnz(axis=1) > 0 for d in names])
+        self.profiles = x[active.sum(axis=0) >= 2]
+        self._domain_blocks = None
+
+    def _blocks(self) -> list[tuple[np.ndarray, sp.csr_matrix, sp.csc_matrix]]:
+        """Per domain: its item mask, the neighbours' items outside it (CSR), inside it (CSC)."""
+        if self._domain_blocks is None:
+            assert self.profiles is not None
+            domains = np.asarray(self.catalog.domains)
+            blocks = []
+            for domain in sorted(set(domains.tolist())):
+                inside = domains == domain
+                prof = self.profiles[self.profiles[:, inside].getnnz(axis=1) > 0]
+                blocks.append((inside, prof[:, ~inside].tocsr(), prof[:, inside].tocsc()))
+            self._domain_blocks = blocks
+        return self._domain_blocks
+
+    def score(self, histories: Sequence[History]) -> np.ndarray:
+        self._check_fitted()
+        h = history_matrix(histories, len(self.catalog), self.recency_decay).astype(np.float32).tocsr()
+        out = np.zeros((len(histories), len(self.catalog)), dtype=np.float32)
+        for inside, outside_items, inside_items in self._blocks():
+            hq = h[:, ~inside]
+            if not hq.nnz:
+                continue  # no history outside this domain: no signal for it
+            sim = (hq @ outside_items.T).toarray()
+            np.power(sim, self.similarity_power, out=sim)
+            out[:, inside] = (inside_items.T @ sim.T).T
+        return out
