@@ -7,17 +7,19 @@ set -euo pipefail
 DATA=${DATA:-../shared/data/amazon-arts-office}
 OUT=${OUT:-eval/reports/arts-office-curve}
 tune() {  # tune START N: START = arts | base
-  local start=$1 n=$2 dir
+  local start=$1 n=$2 dir users
   if [ "$start" = arts ]; then dir=runs/office-evidence-$n; else dir=runs/office-evidence-base-$n; fi
+  users=$n
+  [ "$n" = all ] && users=1000000  # more than there are: every warm office user
   [ -f "$dir/adapter/adapter_config.json" ] && return 0
   local from=()
   [ "$start" = arts ] && from=(--adapter finetune/adapters/evidence-arts/adapter)
   local resume=()
   [ -d "$dir/checkpoints" ] && resume=(--resume)
   llmrec finetune --config finetune/fewshot-office-evidence.yaml --dataset "$DATA" \
-    --train-users "$n" "${from[@]}" "${resume[@]}" --output-dir "$dir"
+    --train-users "$users" "${from[@]}" "${resume[@]}" --output-dir "$dir"
 }
-for point in "arts 16" "base 16" "arts 64" "arts 256"; do
+for point in "arts 16" "base 16" "arts 64" "arts 256" "base 64" "base 256" "arts all"; do
   tune $point
 done
 llmrec evaluate eval/arts-office-curve.yaml --out "$OUT"
