@@ -32,6 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
+from tqdm.auto import tqdm
 
 from llmrec.candidates.base import TrainData
 from llmrec.candidates.embedding import DEFAULT_ENCODER, EmbeddingGenerator
@@ -40,6 +41,7 @@ from llmrec.evaluation.cache import data_fingerprint, digest
 from llmrec.evaluation.experiment import (
     EvalRun,
     FittedGenerators,
+    _histories_key,
     cached_llm_scores,
     open_cache,
     ranked_users,
@@ -48,6 +50,7 @@ from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
 from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.llm.likelihood import LikelihoodParams
 from llmrec.llm.models import resolve_model
 from llmrec.llm.reranker import RerankParams
 from llmrec.pipeline import prepare_data
@@ -86,6 +89,25 @@ def fit_encoders(names: list[str], train: TrainData) -> dict[str, EmbeddingGener
     return out
 
 
+def likelihood_feature(run: EvalRun, scorer, catalog, shown, items: np.ndarray) -> np.ndarray:
+    """Each candidate's PMI with the user's history under ``scorer``
+    (:class:`~llmrec.llm.likelihood.CandidateLikelihood`), computed in chunks through the
+    evaluation cache (a killed run resumes)."""
+    key = digest("likelihood", scorer.key, items, *_histories_key(shown))
+    titles = [[catalog.titles[i] for i in h.items] for h in shown]
+    cands = [[catalog.titles[i] for i in row if i >= 0] for row in items]
+
+    def compute(lo: int, hi: int) -> np.ndarray:
+        out = np.zeros((hi - lo, items.shape[1]))
+        for r, s in enumerate(scorer.score(titles[lo:hi], cands[lo:hi], progress=False)):
+            out[r, : len(s)] = s
+        return out
+
+    with tqdm(total=len(shown), desc="LLM likelihood", leave=False) as bar:
+        matrix, _ = run.cache.chunked_rows("likelihood", key, len(shown), 16, compute, bar.update)
+    return matrix
+
+
 def stage_features(
     run: EvalRun,
     split,
@@ -95,12 +117,14 @@ def stage_features(
     short: int,
     window: int = 0,
     encoders: dict[str, EmbeddingGenerator] | None = None,
+    likelihood=None,
 ) -> dict:
     """Candidate lists, features and target positions of the retrieved users of ``stage``.
 
     ``window`` > 0: ``split`` is the suite's split shifted back that many steps
     (:meth:`LeaveOneOutSplit.shifted`), an extra training window for the combiner.
     ``encoders``: feature name -> fitted embedding generator, one similarity feature each.
+    ``likelihood``: a :class:`~llmrec.llm.likelihood.CandidateLikelihood` (feature ``llm_pmi``).
     """
     name, cfg = reranker
     split_key = digest("loo", run.fingerprint, run.config.order)
@@ -140,6 +164,8 @@ def stage_features(
     feats["llm_short"] = feats["llm"] * is_short
     for feature, gen in (encoders or {}).items():
         feats[feature] = _zscore(picked(gen))
+    if likelihood is not None:
+        feats["llm_pmi"] = _zscore(likelihood_feature(run, likelihood, split.catalog, shown, items))
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
         "sel": sel,
@@ -149,6 +175,18 @@ def stage_features(
         "scored": scored,
         "targets": targets,
     }
+
+
+def load_likelihood(model: str | None, header: str):
+    """A candidate-likelihood scorer over ``model`` in float32 (None: no likelihood feature)."""
+    if model is None:
+        return None
+    from llmrec.llm.likelihood import CandidateLikelihood
+    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
+
+    backend = TransformersBackend(TransformersConfig(model=model, dtype="float32"))
+    params = LikelihoodParams(header=header.replace("\\n", "\n"))
+    return CandidateLikelihood(backend.model, backend.tokenizer, params, model_name=model)
 
 
 def fit_combiner(data: dict, names: list[str], l2: float) -> np.ndarray:
@@ -207,7 +245,13 @@ def fit_with_windows(
 
 
 def window_features(
-    run: EvalRun, split, reranker, short: int, n: int, encoders: dict[str, EmbeddingGenerator]
+    run: EvalRun,
+    split,
+    reranker,
+    short: int,
+    n: int,
+    encoders: dict[str, EmbeddingGenerator],
+    likelihood=None,
 ) -> list[dict]:
     """Validation-stage features of ``n`` extra windows, 1..n steps before the suite's validation
     item (generators refit on each window's training part)."""
@@ -215,7 +259,9 @@ def window_features(
     for window in range(1, n + 1):
         shifted = split.shifted(window)
         users = shifted.eval_users("valid")
-        out.append(stage_features(run, shifted, users, "valid", reranker, short, window, encoders))
+        out.append(
+            stage_features(run, shifted, users, "valid", reranker, short, window, encoders, likelihood)
+        )
     return out
 
 
@@ -251,6 +297,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"item encoders whose history similarity is a feature: {DEFAULT_ENCODER!r} (content) "
         "or an LLM name / folder (its hidden states; an LLM feature)",
     )
+    parser.add_argument(
+        "--likelihood-model",
+        help="an LLM (name or folder) whose candidate-title PMI given the history is a feature "
+        "(llmrec.llm.likelihood; pointwise, so it cannot read the candidates' order)",
+    )
+    parser.add_argument(
+        "--likelihood-header",
+        default="A user's favourite movies, one per line:\\n",
+        help="the line before the history in the likelihood prompt (\\n: a newline)",
+    )
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
     ((_, config),) = suite.run_configs()[:1]
@@ -264,14 +320,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reranker {args.reranker!r} is not in {args.suite}; its rerankers: {names}")
     reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
     encoders = fit_encoders(args.item_encoders, TrainData(split.catalog, split.sequences("test")))
-    valid = stage_features(run, split, users, "valid", reranker, args.short, encoders=encoders)
-    test = stage_features(run, split, users, "test", reranker, args.short, encoders=encoders)
-    windows = window_features(run, split, reranker, args.short, args.windows, encoders)
+    likelihood = load_likelihood(args.likelihood_model, args.likelihood_header)
+    valid = stage_features(run, split, users, "valid", reranker, args.short, 0, encoders, likelihood)
+    test = stage_features(run, split, users, "test", reranker, args.short, 0, encoders, likelihood)
+    windows = window_features(run, split, reranker, args.short, args.windows, encoders, likelihood)
     feature_sets = dict(FEATURE_SETS)
     full = FEATURE_SETS["components + transitions"]
     for feature in encoders:
         feature_sets[f"components + transitions + {feature}"] = [*full, feature]
         feature_sets[f"components + transitions + {feature} + LLM"] = [*full, feature, "llm"]
+    if likelihood is not None:
+        feature_sets["retriever order + LLM likelihood"] = ["position", "llm_pmi"]
+        feature_sets["components + transitions + LLM likelihood"] = [*full, "llm_pmi"]
+        for feature in encoders:
+            feature_sets[f"components + transitions + {feature} + LLM likelihood"] = [
+                *full,
+                feature,
+                "llm_pmi",
+            ]
     base = ndcg_at_k(test["ranked"].ranks, 10)
     idx = bootstrap_indices(len(base), config.bootstrap, config.seed)
     rows = [
