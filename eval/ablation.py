@@ -3,14 +3,17 @@
 Every row is one setting of the levers of the reranking stage on ml-latest-small (LlamaRec's
 protocol, all users): evidence in the prompt (off / on), training (zero-shot / LoRA-tuned),
 how the LLM's scores are combined with the retriever (alone / fixed score fusion / a learned
-listwise combiner over the retriever's components, with or without sequential transitions),
-and the base model. Each row gets NDCG@10
-with its 95% bootstrap CI and the paired difference against the fused retriever, on the
-validation stage (second-to-last item; generators fit without it) and on the test stage (last
-item). Fusion weights and combiner weights are fit on validation, so their validation numbers
-are in-sample (marked); the test numbers are not.
+listwise combiner over the retriever's components, with or without sequential transitions,
+with the LLM's listwise scores or its title likelihood), the base model, and the retriever whose
+top-20 is reranked (fused, or the sequential fused-seq). Each row gets NDCG@10 with its 95%
+bootstrap CI and the paired difference against that retriever, on the validation stage
+(second-to-last item; generators fit without it) and on the test stage (last item). Fusion
+weights and combiner weights are fit on validation, so their validation numbers are in-sample
+(marked); the test numbers are not.
 
     python eval/ablation.py --out eval/reports/ablation-ml-latest-small.json
+    python eval/ablation.py --only-suites ml-latest-small-seq \
+        --out eval/reports/ablation-ml-latest-small-seq.json  # the fused-seq rows alone
 
 Fitted generators, candidate lists and LLM scores come from the evaluation cache that the
 suites named below fill (`llmrec evaluate eval/<suite>.yaml`); a missing piece is computed.
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from exp_combiner import combined_ranks, fit_best, stage_features
+from exp_combiner import combined_ranks, fit_best, load_likelihood, stage_features
 
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
@@ -52,6 +55,11 @@ class Row:
     suite: str
     reranker: str
 
+
+SEQ = "ml-latest-small-seq"
+SEQ_TUNED = "SmolLM2-135M evidence tuned on fused-seq"
+LIKELIHOOD_MODEL = "smollm2-135m-instruct"
+LIKELIHOOD_HEADER = "A user's favourite movies, one per line:\n"  # exp_combiner's default
 
 ROWS = [
     Row("off", "zero-shot", "alone", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
@@ -130,6 +138,15 @@ ROWS = [
         "Qwen2.5-0.5B evidence zero-shot",
     ),
     Row("-", "-", "learned + transitions, no LLM", "-", "ml-latest-small", "SmolLM2-135M zero-shot"),
+    # The sequential retriever (fused-seq: fused + transitions) and what reranks it: the evidence
+    # adapter tuned on its lists, and the LLM's title likelihood (llmrec.llm.likelihood), which
+    # cannot see the list's order, as a combiner feature in place of the listwise scores.
+    Row("off", "zero-shot", "alone", "SmolLM2-135M", SEQ, "SmolLM2-135M zero-shot"),
+    Row("on", "LoRA tuned", "alone", "SmolLM2-135M", SEQ, SEQ_TUNED),
+    Row("on", "LoRA tuned", "score fusion", "SmolLM2-135M", SEQ, SEQ_TUNED),
+    Row("on", "LoRA tuned", "learned + transitions", "SmolLM2-135M", SEQ, SEQ_TUNED),
+    Row("off", "zero-shot", "learned + transitions + title likelihood", "SmolLM2-135M", SEQ, SEQ_TUNED),
+    Row("-", "-", "learned + transitions, no LLM", "-", SEQ, SEQ_TUNED),
 ]
 
 
@@ -151,7 +168,8 @@ def row_ranks(
             f"w={w:g}",
         )
     names = COMPONENTS + (["transition"] if "transitions" in row.combiner else [])
-    names += [] if row.combiner.endswith("no LLM") else ["llm"]
+    if not row.combiner.endswith("no LLM"):
+        names += ["llm_pmi" if "likelihood" in row.combiner else "llm"]
     _, l2, w = fit_best(valid, names, penalties)
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
 
@@ -162,13 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/reports/ablation-ml-latest-small.json"))
     parser.add_argument("--l2", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     parser.add_argument("--bases", nargs="+", help="only the rows of these base models (and the no-LLM row)")
+    parser.add_argument("--only-suites", nargs="+", help="only the rows of these suites (names, no .yaml)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     stages: dict[tuple[str, str], tuple[dict, dict]] = {}
-    base: dict[str, np.ndarray] = {}
+    base: dict[tuple[str, str], np.ndarray] = {}
+    retriever: dict[tuple[str, str], str] = {}
+    likelihood = None
     results = []
     for row in ROWS:
         if args.bases and row.base not in (*args.bases, "-"):
+            continue
+        if args.only_suites and row.suite not in args.only_suites:
             continue
         if (row.suite, row.reranker) not in stages:
             suite = load_suite(args.suites / f"{row.suite}.yaml")
@@ -178,51 +201,65 @@ def main(argv: list[str] | None = None) -> int:
             split = leave_one_out(data, order=config.order)
             users = split.eval_users("test")
             reranker = next(r for r in run.rerankers if r[0] == row.reranker)
+            same = [r for r in ROWS if (r.suite, r.reranker) == (row.suite, row.reranker)]
+            if any("likelihood" in r.combiner for r in same) and likelihood is None:
+                likelihood = load_likelihood(LIKELIHOOD_MODEL, LIKELIHOOD_HEADER)
+            lk = likelihood if any("likelihood" in r.combiner for r in same) else None
             stages[(row.suite, row.reranker)] = (
-                stage_features(run, split, users, "valid", reranker, 20),
-                stage_features(run, split, users, "test", reranker, 20),
+                stage_features(run, split, users, "valid", reranker, 20, likelihood=lk),
+                stage_features(run, split, users, "test", reranker, 20, likelihood=lk),
             )
+            retriever[(row.suite, row.reranker)] = config.retriever
             seed, resamples = config.seed, config.bootstrap
         valid, test = stages[(row.suite, row.reranker)]
         v_ranks, t_ranks, fitted = row_ranks(row, valid, test, args.l2)
-        out = {"row": row.__dict__, "fit_on_validation": fitted}
+        name = retriever[(row.suite, row.reranker)]
+        out = {"row": row.__dict__, "retriever": name, "fit_on_validation": fitted}
         for stage, data_, ranks in (("valid", valid, v_ranks), ("test", test, t_ranks)):
             nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(data_["ranked"].ranks, 10)
-            if stage in base:  # every suite shares the split and retriever: check, do not assume
-                assert np.array_equal(base[stage], ref), f"{row.suite}: a different retriever on {stage}"
-            base[stage] = ref
+            if (name, stage) in base:  # suites with one retriever share its ranks: check, not assume
+                assert np.array_equal(base[(name, stage)], ref), f"{row.suite}: another {name} on {stage}"
+            base[(name, stage)] = ref
             idx = bootstrap_indices(len(nd), resamples, seed)
             out[stage] = {
                 "users": len(nd),
                 "retrieved": len(data_["sel"]),
                 "ndcg@10": mean_ci(nd, idx),
-                "fused_ndcg@10": mean_ci(ref, idx),
-                "diff_vs_fused": paired_difference(nd, ref, idx),
+                "retriever_ndcg@10": mean_ci(ref, idx),
+                "diff_vs_retriever": paired_difference(nd, ref, idx),
             }
         results.append(out)
 
     def cell(r: dict, stage: str, in_sample: bool) -> list[str]:
         m, lo, hi = r[stage]["ndcg@10"]
-        d, dlo, dhi, _ = r[stage]["diff_vs_fused"]
+        d, dlo, dhi, _ = r[stage]["diff_vs_retriever"]
         bold = "**" if dlo > 0 or dhi < 0 else ""
         mark = " (fit here)" if in_sample else ""
         return [f"{m:.4f} [{lo:.4f}, {hi:.4f}]{mark}", f"{bold}{d:+.4f}{bold} [{dlo:+.4f}, {dhi:+.4f}]"]
 
     first = results[0]
+    by_retriever: dict[str, dict] = {}
+    for r in results:
+        by_retriever.setdefault(r["retriever"], r)
+    retrievers = ", ".join(
+        f"{name} validation {r['valid']['retriever_ndcg@10'][0]:.4f}, "
+        f"test {r['test']['retriever_ndcg@10'][0]:.4f}"
+        for name, r in by_retriever.items()
+    )
     lines = [
         f"Levers of the LLM stage on ml-latest-small, all users (validation {first['valid']['users']}, "
-        f"test {first['test']['users']}); fused retriever NDCG@10: validation "
-        f"{first['valid']['fused_ndcg@10'][0]:.4f}, test {first['test']['fused_ndcg@10'][0]:.4f}.",
+        f"test {first['test']['users']}); each row against the retriever whose top-20 it reranks, "
+        f"NDCG@10: {retrievers}.",
         "",
-        "| evidence | training | combination | base model | valid NDCG@10 [95% CI] | valid diff vs fused "
-        "| test NDCG@10 [95% CI] | test diff vs fused [95% CI] |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| retriever | evidence | training | combination | base model | valid NDCG@10 [95% CI] "
+        "| valid diff vs retriever | test NDCG@10 [95% CI] | test diff vs retriever [95% CI] |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
         row = r["row"]
         combination = row["combiner"] + (f" ({r['fit_on_validation']})" if r["fit_on_validation"] else "")
         in_sample = bool(r["fit_on_validation"])
-        cells = [row["evidence"], row["training"], combination, row["base"]]
+        cells = [r["retriever"], row["evidence"], row["training"], combination, row["base"]]
         cells += cell(r, "valid", in_sample) + cell(r, "test", False)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Bold: the paired 95% CI excludes 0. `(fit here)`: weights chosen on these users."]
