@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from exp_combiner import combined_ranks, fit_best, load_likelihood, stage_features
+from exp_combiner import MOVIES_HEADER, combined_ranks, fit_best, load_likelihood, stage_features
 
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
@@ -59,7 +59,6 @@ class Row:
 SEQ = "ml-latest-small-seq"
 SEQ_TUNED = "SmolLM2-135M evidence tuned on fused-seq"
 LIKELIHOOD_MODEL = "smollm2-135m-instruct"
-LIKELIHOOD_HEADER = "A user's favourite movies, one per line:\n"  # exp_combiner's default
 
 ROWS = [
     Row("off", "zero-shot", "alone", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
@@ -202,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             users = split.eval_users("test")
             reranker = next(r for r in run.rerankers if r[0] == row.reranker)
             same = [r for r in ROWS if (r.suite, r.reranker) == (row.suite, row.reranker)]
-            if any("likelihood" in r.combiner for r in same) and likelihood is None:
-                likelihood = load_likelihood(LIKELIHOOD_MODEL, LIKELIHOOD_HEADER)
-            lk = likelihood if any("likelihood" in r.combiner for r in same) else None
+            needs_likelihood = any("likelihood" in r.combiner for r in same)
+            if needs_likelihood and likelihood is None:
+                likelihood = load_likelihood(LIKELIHOOD_MODEL, MOVIES_HEADER)
+            lk = likelihood if needs_likelihood else None
             stages[(row.suite, row.reranker)] = (
                 stage_features(run, split, users, "valid", reranker, 20, likelihood=lk),
                 stage_features(run, split, users, "test", reranker, 20, likelihood=lk),

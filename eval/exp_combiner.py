@@ -69,6 +69,10 @@ FEATURE_SETS = {
 }
 
 
+MOVIES_HEADER = "A user's favourite movies, one per line:\n"
+"""The likelihood prompt's first line on the MovieLens suites (``--likelihood-header``'s default)."""
+
+
 def _zscore(v: np.ndarray) -> np.ndarray:
     return (v - v.mean(1, keepdims=True)) / (v.std(1, keepdims=True) + 1e-9)
 
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--likelihood-header",
-        default="A user's favourite movies, one per line:\\n",
+        default=MOVIES_HEADER,
         help="the line before the history in the likelihood prompt (\\n: a newline)",
     )
     args = parser.parse_args(argv)
