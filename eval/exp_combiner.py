@@ -41,8 +41,8 @@ from llmrec.evaluation.cache import data_fingerprint, digest
 from llmrec.evaluation.experiment import (
     EvalRun,
     FittedGenerators,
-    _histories_key,
     cached_llm_scores,
+    histories_key,
     open_cache,
     ranked_users,
 )
@@ -97,7 +97,7 @@ def likelihood_feature(run: EvalRun, scorer, catalog, shown, items: np.ndarray) 
     """Each candidate's PMI with the user's history under ``scorer``
     (:class:`~llmrec.llm.likelihood.CandidateLikelihood`), computed in chunks through the
     evaluation cache (a killed run resumes)."""
-    key = digest("likelihood", scorer.key, items, *_histories_key(shown))
+    key = digest("likelihood", scorer.key, items, *histories_key(shown))
     titles = [[catalog.titles[i] for i in h.items] for h in shown]
     cands = [[catalog.titles[i] for i in row if i >= 0] for row in items]
 

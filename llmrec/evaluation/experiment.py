@@ -223,7 +223,8 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
 
-def _histories_key(histories: list[History]) -> list[Any]:
+def histories_key(histories: list[History]) -> list[Any]:
+    """The parts of a cache key that identify ``histories`` (items and free text, in order)."""
     return [[h.items for h in histories], [h.text for h in histories]]
 
 
@@ -231,7 +232,7 @@ def _ranked_key(
     run: EvalRun, generators: FittedGenerators, name: str, histories: list[History], targets, allowed
 ) -> str:
     k = run.config.num_candidates
-    return digest("ranked", generators.key(name), *_histories_key(histories), targets, allowed, k)
+    return digest("ranked", generators.key(name), *histories_key(histories), targets, allowed, k)
 
 
 def ranked_users(
@@ -462,7 +463,7 @@ def cached_llm_scores(
     users = np.flatnonzero(ranked.ranks <= k)
     items = ranked.candidates[users]
     hist = [histories[u] for u in users]
-    key_parts = [reranker_fingerprint(cfg), params.shuffles, params.seed, items, *_histories_key(hist)]
+    key_parts = [reranker_fingerprint(cfg), params.shuffles, params.seed, items, *histories_key(hist)]
     if PromptTemplate.load(cfg.template).evidence:  # the prompt shows the retriever's scores
         key_parts.append(generators.key(run.config.retriever))
     key = digest("llm-scores", *key_parts)
