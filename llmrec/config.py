@@ -182,9 +182,25 @@ class ModelConfig(Settings):
         "(vLLM's choice: one core kept for its scheduler), nobind, or a list like 0-3.",
     )
     batch_size: int = setting(8, "Prompts per forward pass.")
+    scorer: Literal["listwise", "likelihood"] = setting(
+        "listwise",
+        "listwise: the template's prompt shows the candidate list and the labels' log-probs rank it; "
+        "likelihood: each candidate's PMI with the user's last titles under the model, no list "
+        "shown (llmrec.llm.likelihood; transformers backend; a history-task adapter sets it).",
+    )
+    likelihood_header: str = setting(
+        "Items a user liked, one per line:\n",
+        "likelihood scorer: the line before the history titles (a history-task adapter sets it).",
+    )
 
     def _validate(self) -> None:
         require_positive(self, "max_prompt_tokens", "batch_size", "threads")
+        if self.scorer == "likelihood" and self.backend != "transformers":
+            raise ConfigError(
+                "the likelihood scorer runs on the transformers backend",
+                parameter="backend",
+                value=self.backend,
+            )
         from llmrec.llm.vllm_backend import cpu_bind_env
 
         cpu_bind_env(self.cpu_bind)  # a malformed value fails here, not when vLLM starts
@@ -215,6 +231,11 @@ def apply_adapter_manifest(config: ModelConfig) -> None:
     for name in ("template", "max_prompt_tokens"):
         if getattr(config, name) == defaults[name] and settings.get(name) is not None:
             setattr(config, name, settings[name])
+    if settings.get("task") == "history":  # a history LM is read by likelihood, with its header
+        if config.scorer == defaults["scorer"]:
+            config.scorer = "likelihood"
+        if config.likelihood_header == defaults["likelihood_header"] and settings.get("history_header"):
+            config.likelihood_header = settings["history_header"]
 
 
 @dataclass(kw_only=True)

@@ -303,6 +303,19 @@ def build_reranker(config: ModelConfig, adapters: Mapping[str, str] | None = Non
     }.get(config.backend, {})
     if adapters and config.backend == "vllm":
         engine_options["adapters"] = dict(adapters)
+    if config.scorer == "likelihood":
+        from llmrec.llm import load_backend
+        from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
+
+        engine = load_backend(
+            config.model,
+            backend=config.backend,
+            adapter=config.adapter,
+            quantization=config.quantization,
+            batch_size=config.batch_size,
+            **engine_options,
+        )
+        return LikelihoodReranker(engine, LikelihoodParams(header=config.likelihood_header))
     return load_reranker(
         config.model,
         backend=config.backend,

@@ -109,6 +109,11 @@ def reranker_fingerprint(config: ModelConfig) -> dict[str, Any]:
             # Large weight files by name and size: hashing gigabytes per run would cost more
             # than it protects.
             out[f"{name}_files"] = [file_digest(small), sorted((p.name, p.stat().st_size) for p in files)]
+    if config.scorer != "listwise":  # listed only when set, so listwise keys stay as they were
+        from llmrec.llm.likelihood import LikelihoodParams
+
+        p = LikelihoodParams(header=config.likelihood_header)
+        out["scorer"] = [config.scorer, p.header, p.max_history, p.max_title_chars]
     return out
 
 

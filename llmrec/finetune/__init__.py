@@ -6,6 +6,9 @@
     evaluator = RankingEvaluator(split, retriever, "listwise", users=64)
     adapter_dir = finetune(FinetuneConfig.from_yaml("finetune/source-arts.yaml"), examples, evaluator)
 
+The history LM (``task: history``) trains on ``history_dataset(...)`` texts instead, evaluated
+by ``LikelihoodEvaluator``.
+
 The adapter folder is used by ``TransformersBackend(TransformersConfig(model=..., adapter=...))``.
 Names are imported on first use, so reading a ``FinetuneConfig`` does not load the trainer.
 """
@@ -17,6 +20,8 @@ _HOMES = {
     "InTrainingBackend": "backend",
     "FinetuneConfig": "config",
     "RankingEvaluator": "evaluation",
+    "LikelihoodEvaluator": "evaluation",
+    "history_dataset": "histories",
     "COLUMNS": "examples",
     "build_examples": "examples",
     "sample_users": "examples",

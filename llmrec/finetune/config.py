@@ -34,6 +34,17 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
     instead of a fresh LoRA. ``retriever``: hard negatives and validation candidates.
     """
 
+    task: Literal["rank", "history"] = setting(
+        "rank",
+        "rank: the listwise reranker (a candidate list in, the held-out item's label out); history: "
+        "a causal LM on users' training histories as title lines (llmrec.finetune.histories), "
+        "the likelihood scorer's model.",
+    )
+    history_window: int = setting(32, "history task: titles per training text (consecutive, one user).")
+    history_header: str = setting(
+        "Items a user liked, one per line:\n",
+        "history task: the line before the titles; the likelihood scorer must use the same one.",
+    )
     quantization: Literal["none", "4bit", "8bit"] = setting(
         "4bit", "Base weights: bitsandbytes NF4 + double quant ('4bit', QLoRA), int8, or plain."
     )
@@ -107,7 +118,15 @@ class FinetuneConfig(ModelConfig, RetrieverConfig, DataConfig):
             "train_users",
             "eval_steps",
             "early_stopping_patience",
+            "history_window",
         )
+        if self.task == "history" and (self.label_logits_only or self.loss != "vocab"):
+            raise ConfigError(
+                "the history LM predicts every title token over the vocabulary: set loss: vocab and "
+                "label_logits_only: false",
+                parameter="task",
+                value=self.task,
+            )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("must be in [0, 1)", parameter="lora_dropout", value=self.lora_dropout)
         if not 0.0 <= self.hard_fraction <= 1.0:

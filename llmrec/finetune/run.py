@@ -18,9 +18,11 @@ from llmrec.data import cross_domain_split, leave_one_out
 from llmrec.data.schema import RecDataset
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.finetune.config import FinetuneConfig
-from llmrec.finetune.evaluation import RankingEvaluator
+from llmrec.finetune.evaluation import LikelihoodEvaluator, RankingEvaluator
 from llmrec.finetune.examples import build_examples, sample_users
+from llmrec.finetune.histories import history_dataset
 from llmrec.finetune.trainer import check_inputs, finetune
+from llmrec.llm.likelihood import LikelihoodParams
 from llmrec.llm.models import load_tokenizer, resolve_model
 from llmrec.llm.prompting import PromptRenderer
 from llmrec.pipeline import build_retriever, prepare_data
@@ -35,8 +37,11 @@ def run_finetune(config: FinetuneConfig) -> Path:
     data = prepare_data(config)
     split = leave_one_out(data, domain=config.target, order=config.order)
     retriever = build_retriever(config, TrainData(split.catalog, split.sequences("valid")))
-    renderer = PromptRenderer(template, load_tokenizer(resolve_model(config.model)), config.max_prompt_tokens)
+    tokenizer = load_tokenizer(resolve_model(config.model))
     users = _training_users(data, split, config)
+    if config.task == "history":
+        return _run_history(config, split, retriever, tokenizer, users)
+    renderer = PromptRenderer(template, tokenizer, config.max_prompt_tokens)
     allowed = split.catalog.domain_mask(config.target)
     examples = build_examples(
         split,
@@ -63,6 +68,36 @@ def run_finetune(config: FinetuneConfig) -> Path:
             max_prompt_tokens=config.max_prompt_tokens,
         )
     return finetune(config, examples, evaluator)
+
+
+def _run_history(
+    config: FinetuneConfig,
+    split: LeaveOneOutSplit,
+    retriever: CandidateGenerator,
+    tokenizer,
+    users: np.ndarray | None,
+) -> Path:
+    """The history task: a causal LM on the users' training histories, evaluated by ranking the
+    retriever's validation lists by likelihood."""
+    dataset = history_dataset(
+        split.train,
+        split.catalog.titles,
+        tokenizer,
+        header=config.history_header,
+        window=config.history_window,
+        users=users,
+    )
+    logger.info("%d history texts from %s", len(dataset), config.dataset)
+    evaluator = None
+    if config.eval_steps and config.eval_users:
+        evaluator = LikelihoodEvaluator(
+            split,
+            retriever,
+            users=config.eval_users,
+            num_candidates=config.num_candidates,
+            params=LikelihoodParams(header=config.history_header),
+        )
+    return finetune(config, dataset, evaluator)
 
 
 def _example_retriever(

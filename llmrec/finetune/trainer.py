@@ -237,7 +237,9 @@ def _brief(metrics: dict[str, float]) -> str:
 
 
 def finetune(config: FinetuneConfig, train_dataset: Dataset, eval_fn: EvalFn | None = None) -> Path:
-    """Tune ``config.model`` on ``train_dataset`` (prompt/completion); return the adapter folder.
+    """Tune ``config.model`` on ``train_dataset`` (prompt/completion text, or already tokenized
+    ``input_ids``/``completion_mask`` as :func:`~llmrec.finetune.histories.history_dataset`
+    builds); return the adapter folder.
 
     ``eval_fn`` (e.g. a :class:`~llmrec.finetune.evaluation.RankingEvaluator`) is called with a
     scoring backend over the in-training model every ``config.eval_steps`` steps; the best
@@ -280,7 +282,10 @@ def _finetune(
     dtype = getattr(torch, dtype_name)
     tokenizer = load_tokenizer(model_path)
     label_ids = dict(zip(template.labels, label_token_ids(tokenizer, template.labels)))
-    tokenized = tokenize_examples(train_dataset, tokenizer, label_ids)
+    # The history task's dataset comes tokenized (llmrec.finetune.histories); ranking examples
+    # are prompt/completion text.
+    pretokenized = "input_ids" in train_dataset.column_names
+    tokenized = train_dataset if pretokenized else tokenize_examples(train_dataset, tokenizer, label_ids)
 
     model = attach_adapter(load_base_model(config, model_path, device, dtype), config, device)
     model.print_trainable_parameters()

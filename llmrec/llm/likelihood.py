@@ -42,6 +42,14 @@ class LikelihoodParams:
             raise ValueError(f"max_title_chars must be >= 8, got {self.max_title_chars}")
 
 
+def history_line(title: str, tokenizer, max_chars: int) -> str:
+    """One title as one inert history line (sanitized, at most ``max_chars``, newline-ended): the
+    form the scorer reads and the history-tuned LM is trained on
+    (:mod:`llmrec.finetune.histories`)."""
+    specials = getattr(tokenizer, "all_special_tokens", [])
+    return sanitize_item_text(title, specials, max_chars) + "\n"
+
+
 class CandidateLikelihood:
     """Pointwise PMI of each candidate title given a history, under a loaded causal LM.
 
@@ -69,8 +77,7 @@ class CandidateLikelihood:
         return digest(self.model_name, p.header, p.max_history, p.max_title_chars)
 
     def _line(self, title: str) -> str:
-        specials = getattr(self.tokenizer, "all_special_tokens", [])
-        return sanitize_item_text(title, specials, self.params.max_title_chars) + "\n"
+        return history_line(title, self.tokenizer, self.params.max_title_chars)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -140,3 +147,47 @@ class CandidateLikelihood:
             prefix = self.params.header + "".join(self._line(t) for t in shown)
             out.append(self._with_model(prefix, cands) - self.prior(cands))
         return out
+
+
+class LikelihoodReranker:
+    """The reranker interface (``score``, ``template``) over :class:`CandidateLikelihood`, so the
+    likelihood scorer runs wherever an :class:`~llmrec.llm.reranker.LLMReranker` does (the
+    pipeline, evaluation suites, fusion with the retriever order).
+
+    ``backend``: a loaded transformers backend (its ``model``, ``tokenizer`` and scoring
+    context). A candidate's score does not depend on where it stands in the list, so shuffled
+    orders would change nothing and are not computed.
+    """
+
+    def __init__(self, backend, params: LikelihoodParams | None = None) -> None:
+        from llmrec.llm.prompting import PromptTemplate
+
+        self.backend = backend
+        self.scorer = CandidateLikelihood(
+            backend.model, backend.tokenizer, params, model_name=getattr(backend, "model_name", "")
+        )
+        # No prompt shows a list; a template without evidence tells the pipeline not to
+        # compute any.
+        self.template = PromptTemplate.load("listwise")
+
+    def score(
+        self,
+        histories: Sequence[Sequence[str]],
+        candidates: Sequence[Sequence[str]],
+        params=None,
+        evidence=None,
+    ) -> list[np.ndarray]:
+        """Per user, each candidate's PMI with the history (input order); higher = ranked higher.
+        ``params``: a :class:`~llmrec.llm.reranker.RerankParams` (only ``progress`` and ``mode``
+        are read); ``evidence`` is ignored."""
+        from llmrec.errors import ConfigError
+
+        if params is not None and params.mode != "verbalizer":
+            raise ConfigError(
+                "the likelihood scorer reads log-probabilities; it does not generate",
+                parameter="mode",
+                value=params.mode,
+            )
+        progress = True if params is None else params.progress
+        with self.backend._scoring():
+            return self.scorer.score(histories, candidates, progress=progress)
