@@ -128,7 +128,9 @@ def stage_features(
     ``window`` > 0: ``split`` is the suite's split shifted back that many steps
     (:meth:`LeaveOneOutSplit.shifted`), an extra training window for the combiner.
     ``encoders``: feature name -> fitted embedding generator, one similarity feature each.
-    ``likelihood``: a :class:`~llmrec.llm.likelihood.CandidateLikelihood` (feature ``llm_pmi``).
+    ``likelihood``: a :class:`~llmrec.llm.likelihood.CandidateLikelihood`, or another
+    ``(name, config)`` reranker of the suite with ``scorer: likelihood`` (its cached suite
+    scores, e.g. the history LM's): feature ``llm_pmi``.
     """
     name, cfg = reranker
     split_key = digest("loo", run.fingerprint, run.config.order)
@@ -168,7 +170,10 @@ def stage_features(
     feats["llm_short"] = feats["llm"] * is_short
     for feature, gen in (encoders or {}).items():
         feats[feature] = _zscore(picked(gen))
-    if likelihood is not None:
+    if isinstance(likelihood, tuple):  # a suite reranker: the same users, the same lists
+        pmi = cached_llm_scores(run, *likelihood, gens, ranked, hist, RerankParams(seed=run.config.seed))
+        feats["llm_pmi"] = _zscore(np.nan_to_num(np.stack(pmi.scores)))
+    elif likelihood is not None:
         feats["llm_pmi"] = _zscore(likelihood_feature(run, likelihood, split.catalog, shown, items))
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
@@ -181,16 +186,21 @@ def stage_features(
     }
 
 
-def load_likelihood(model: str | None, header: str):
-    """A candidate-likelihood scorer over ``model`` in float32 (None: no likelihood feature)."""
+def load_likelihood(model: str | None, header: str, adapter: str | None = None):
+    """A candidate-likelihood scorer over ``model`` (with a history-LM ``adapter``, e.g.
+    ``finetune/adapters/history-ml-latest-small/adapter``) in float32 (None: no likelihood
+    feature)."""
     if model is None:
         return None
+    from llmrec.evaluation.cache import file_digest
     from llmrec.llm.likelihood import CandidateLikelihood
     from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
 
-    backend = TransformersBackend(TransformersConfig(model=model, dtype="float32"))
+    backend = TransformersBackend(TransformersConfig(model=model, adapter=adapter, dtype="float32"))
     params = LikelihoodParams(header=header.replace("\\n", "\n"))
-    return CandidateLikelihood(backend.model, backend.tokenizer, params, model_name=model)
+    files = [] if adapter is None else [p for p in Path(adapter).iterdir() if p.is_file()]
+    name = model if adapter is None else f"{model}+{file_digest(files)}"
+    return CandidateLikelihood(backend.model, backend.tokenizer, params, model_name=name)
 
 
 def fit_combiner(data: dict, names: list[str], l2: float) -> np.ndarray:
@@ -307,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
         "(llmrec.llm.likelihood; pointwise, so it cannot read the candidates' order)",
     )
     parser.add_argument(
+        "--likelihood-reranker",
+        help="a reranker of the suite with scorer: likelihood (e.g. the history LM) whose scores are "
+        "the likelihood feature, read from the suite's cache (instead of --likelihood-model)",
+    )
+    parser.add_argument(
+        "--likelihood-adapter",
+        help="a history-LM adapter folder for --likelihood-model (finetune task: history)",
+    )
+    parser.add_argument(
         "--likelihood-header",
         default=MOVIES_HEADER,
         help="the line before the history in the likelihood prompt (\\n: a newline)",
@@ -324,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reranker {args.reranker!r} is not in {args.suite}; its rerankers: {names}")
     reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
     encoders = fit_encoders(args.item_encoders, TrainData(split.catalog, split.sequences("test")))
-    likelihood = load_likelihood(args.likelihood_model, args.likelihood_header)
+    likelihood = load_likelihood(args.likelihood_model, args.likelihood_header, args.likelihood_adapter)
+    if args.likelihood_reranker is not None:
+        if args.likelihood_reranker not in names:
+            parser.error(
+                f"--likelihood-reranker {args.likelihood_reranker!r} is not in {args.suite}: {names}"
+            )
+        likelihood = run.rerankers[names.index(args.likelihood_reranker)]
     valid = stage_features(run, split, users, "valid", reranker, args.short, 0, encoders, likelihood)
     test = stage_features(run, split, users, "test", reranker, args.short, 0, encoders, likelihood)
     windows = window_features(run, split, reranker, args.short, args.windows, encoders, likelihood)
@@ -335,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         feature_sets[f"components + transitions + {feature} + LLM"] = [*full, feature, "llm"]
     if likelihood is not None:
         feature_sets["retriever order + LLM likelihood"] = ["position", "llm_pmi"]
+        feature_sets["retriever order + LLM + LLM likelihood"] = ["position", "llm", "llm_pmi"]
         feature_sets["components + transitions + LLM likelihood"] = [*full, "llm_pmi"]
+        feature_sets["components + transitions + LLM + LLM likelihood"] = [*full, "llm", "llm_pmi"]
         for feature in encoders:
             feature_sets[f"components + transitions + {feature} + LLM likelihood"] = [
                 *full,

@@ -415,6 +415,13 @@ def check_scoring(scoring: str, config: RecommendConfig) -> None:
         return
     from llmrec.llm.prompting import PromptTemplate
 
+    if config.scorer == "likelihood":
+        raise ConfigError(
+            "scores one listwise prompt per user; the likelihood scorer (a history-LM adapter) "
+            "runs with --scoring engine",
+            parameter="scoring",
+            value=scoring,
+        )
     template = PromptTemplate.load(config.template)
     if template.task != "listwise" or config.shuffles or config.mode != "verbalizer":
         raise ConfigError(

@@ -70,6 +70,16 @@ def test_a_history_adapter_selects_the_likelihood_scorer_and_its_header(tmp_path
         ModelConfig(scorer="likelihood", backend="vllm")
 
 
+def test_ray_batch_sends_the_likelihood_scorer_to_the_engine_route():
+    from llmrec.config import RecommendConfig
+    from llmrec.ray_batch import check_scoring
+
+    config = RecommendConfig(scorer="likelihood")
+    with pytest.raises(ConfigError, match="--scoring engine"):
+        check_scoring("staged", config)
+    check_scoring("engine", config)
+
+
 def test_likelihood_reranker_scores_as_the_scorer_and_keys_its_cache(smollm_backend):
     from llmrec.evaluation.llm_stage import reranker_fingerprint
     from llmrec.llm.reranker import RerankParams
