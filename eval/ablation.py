@@ -4,7 +4,8 @@ Every row is one setting of the levers of the reranking stage on ml-latest-small
 protocol, all users): evidence in the prompt (off / on), training (zero-shot / LoRA-tuned),
 how the LLM's scores are combined with the retriever (alone / fixed score fusion / a learned
 listwise combiner over the retriever's components, with or without sequential transitions,
-with the LLM's listwise scores or its title likelihood), the base model, and the retriever whose
+with the LLM's listwise scores, its title likelihood, or both beside the history LM's
+likelihood), the base model, and the retriever whose
 top-20 is reranked (fused, or the sequential fused-seq). Each row gets NDCG@10 with its 95%
 bootstrap CI and the paired difference against that retriever, on the validation stage
 (second-to-last item; generators fit without it) and on the test stage (last item). Fusion
@@ -14,6 +15,8 @@ weights and combiner weights are fit on validation, so their validation numbers 
     python eval/ablation.py --out eval/reports/ablation-ml-latest-small.json
     python eval/ablation.py --only-suites ml-latest-small-seq \
         --out eval/reports/ablation-ml-latest-small-seq.json  # the fused-seq rows alone
+    python eval/ablation.py --only-suites ml-latest-small-history \
+        --out eval/reports/ablation-ml-latest-small-history.json  # the history LM's rows
 
 Fitted generators, candidate lists and LLM scores come from the evaluation cache that the
 suites named below fill (`llmrec evaluate eval/<suite>.yaml`); a missing piece is computed.
@@ -59,6 +62,11 @@ class Row:
 SEQ = "ml-latest-small-seq"
 SEQ_TUNED = "SmolLM2-135M evidence tuned on fused-seq"
 LIKELIHOOD_MODEL = "smollm2-135m-instruct"
+HIST = "ml-latest-small-history"
+HIST_TUNED = "SmolLM2-135M history LM"
+HIST_ZERO = "SmolLM2-135M likelihood zero-shot"
+BOTH = "both LLMs"
+"""Combiner rows over the listwise adapter's scores and the history LM's (``llm_pmi``)."""
 
 ROWS = [
     Row("off", "zero-shot", "alone", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
@@ -146,6 +154,23 @@ ROWS = [
     Row("on", "LoRA tuned", "learned + transitions", "SmolLM2-135M", SEQ, SEQ_TUNED),
     Row("off", "zero-shot", "learned + transitions + title likelihood", "SmolLM2-135M", SEQ, SEQ_TUNED),
     Row("-", "-", "learned + transitions, no LLM", "-", SEQ, SEQ_TUNED),
+    # The history LM (finetune/history-ml-latest-small.yaml): the LLM tuned on users' title
+    # sequences, each candidate scored by its likelihood given the history (no list shown), alone,
+    # fused, and beside the listwise evidence adapter (both LLM readings in one combiner).
+    Row("off", "zero-shot likelihood", "alone", "SmolLM2-135M", HIST, HIST_ZERO),
+    Row("off", "zero-shot likelihood", "score fusion", "SmolLM2-135M", HIST, HIST_ZERO),
+    Row("off", "history LM", "alone", "SmolLM2-135M", HIST, HIST_TUNED),
+    Row("off", "history LM", "score fusion", "SmolLM2-135M", HIST, HIST_TUNED),
+    Row("off", "history LM", "learned + transitions", "SmolLM2-135M", HIST, HIST_TUNED),
+    Row("on", "LoRA tuned + history LM", "learned: order + both LLMs", "SmolLM2-135M", HIST, SEQ_TUNED),
+    Row(
+        "on",
+        "LoRA tuned + history LM",
+        "learned + transitions + both LLMs",
+        "SmolLM2-135M",
+        HIST,
+        SEQ_TUNED,
+    ),
 ]
 
 
@@ -166,6 +191,11 @@ def row_ranks(
             test["scored"].ranks(test["ranked"], test["targets"], w).ranks,
             f"w={w:g}",
         )
+    if row.combiner.endswith(BOTH):
+        first = ["position"] if "order" in row.combiner else [*COMPONENTS, "transition"]
+        names = [*first, "llm", "llm_pmi"]
+        _, l2, w = fit_best(valid, names, penalties)
+        return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
     names = COMPONENTS + (["transition"] if "transitions" in row.combiner else [])
     if not row.combiner.endswith("no LLM"):
         names += ["llm_pmi" if "likelihood" in row.combiner else "llm"]
@@ -205,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             if needs_likelihood and likelihood is None:
                 likelihood = load_likelihood(LIKELIHOOD_MODEL, MOVIES_HEADER)
             lk = likelihood if needs_likelihood else None
+            if any(r.combiner.endswith(BOTH) for r in same):  # the history LM's suite scores
+                lk = next(r for r in run.rerankers if r[0] == HIST_TUNED)
             stages[(row.suite, row.reranker)] = (
                 stage_features(run, split, users, "valid", reranker, 20, likelihood=lk),
                 stage_features(run, split, users, "test", reranker, 20, likelihood=lk),

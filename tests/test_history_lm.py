@@ -126,6 +126,7 @@ def test_history_lm_cli_trains_and_the_adapter_ranks_through_the_pipeline(tmp_pa
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["task"] == "history" and manifest["data"]["users"] == 2
+    assert manifest["data"]["task"] == "history" and "num_candidates" not in manifest["data"]
     assert manifest["metrics"]["best_ndcg@10"] is not None  # ranked by likelihood in training
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert any(np.abs(w).sum() > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at 0

@@ -120,17 +120,22 @@ def describe_data(dataset: Dataset, tokenized: Dataset, config: FinetuneConfig) 
         "target": config.target,
         "source": config.source,
         "examples": len(dataset),
-        "num_candidates": config.num_candidates,
-        "windows": config.windows,
-        "hard_fraction": config.hard_fraction,
-        "candidate_order": config.candidate_order,
-        "train_users": config.train_users,
-        "retriever": config.retriever,
-        "max_prompt_tokens": config.max_prompt_tokens,
-        "tokens_per_example": {"mean": float(lengths.mean()), "max": int(lengths.max())}
-        if len(lengths)
-        else {},
     }
+    if config.task == "history":  # title sequences: no candidates, labels or prompt budget
+        info.update(task="history", history_window=config.history_window, train_users=config.train_users)
+    else:
+        info.update(
+            num_candidates=config.num_candidates,
+            windows=config.windows,
+            hard_fraction=config.hard_fraction,
+            candidate_order=config.candidate_order,
+            train_users=config.train_users,
+            retriever=config.retriever,
+            max_prompt_tokens=config.max_prompt_tokens,
+        )
+    info["tokens_per_example"] = (
+        {"mean": float(lengths.mean()), "max": int(lengths.max())} if len(lengths) else {}
+    )
     if "user" in dataset.column_names:
         info["users"] = len(set(dataset["user"]))
     if "completion" in dataset.column_names:
