@@ -41,13 +41,10 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))]
-    except OSError:
-        pass
-    return []
+    """The CPU's vector and matrix extensions (avx*, amx*), sorted."""
+    from llmrec.llm.models import cpu_flags as all_flags
+
+    return sorted(f for f in all_flags() if f.startswith(("avx", "amx")))
 
 
 def matmul_gflops(dtype, threads: int, n: int = 2048, repeats: int = 5) -> float:

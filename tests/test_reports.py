@@ -56,13 +56,10 @@ def _openblas_architectures() -> set[str]:
 
 
 def _cpu_has_avx512() -> bool:
-    """The CPU can run OpenBLAS's SkylakeX kernels (whole flag names: avx512f is not avx512fp16)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return False
-    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
-    return {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
+    """The CPU can run OpenBLAS's SkylakeX kernels."""
+    from llmrec.llm.models import cpu_flags
+
+    return {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags()
 
 
 def test_the_retrieval_rows_of_the_committed_ml_latest_small_report_reproduce_exactly(tmp_path):

@@ -175,17 +175,21 @@ def bnb_config(quantization: str, compute_dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as whole names (Linux /proc/cpuinfo; empty where unreadable)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
