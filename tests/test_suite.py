@@ -85,6 +85,24 @@ def test_a_suite_rerun_is_served_from_the_cache_and_reproduces_the_report(tmp_pa
     assert differences(third, first) != []
 
 
+def test_other_blas_kernels_refit_rather_than_reuse_the_cache(tmp_path, ml_small_dir, monkeypatch):
+    """MF's float32 ALS sums in another order under other OpenBLAS kernels (AMD Zen gets
+    Haswell's unless OPENBLAS_CORETYPE says otherwise): a cache filled under one set of kernels
+    must not serve a run under another."""
+    import llmrec.evaluation.experiment as experiment
+    from llmrec.evaluation.cache import blas_kernels
+
+    assert blas_kernels() and all(":" in k for k in blas_kernels())  # e.g. "openblas:SkylakeX"
+    suite = load_suite(write_suite(tmp_path, dataset=str(ml_small_dir), methods=["mf"]))
+    suite.cache_dir = str(tmp_path / "cache")
+    run_suite(suite)
+    again = run_suite(suite)["cache"]["candidates"]
+    assert again["hits"] == 1 and again["misses"] == 0
+    monkeypatch.setattr(experiment, "blas_kernels", lambda: ("openblas:SomeOtherCore",))
+    other = run_suite(suite)
+    assert other["cache"]["candidates"]["hits"] == 0 and other["cache"]["candidates"]["misses"] == 1
+
+
 def test_check_flag_passes_on_a_rerun_and_fails_on_a_changed_report(tmp_path):
     path = write_suite(tmp_path)
     out = tmp_path / "report"

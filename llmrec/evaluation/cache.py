@@ -10,6 +10,7 @@ resumes at the first missing chunk. ``EvalCache(None)`` computes everything and 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -60,6 +61,24 @@ def _feed(h: Any, part: Any) -> None:
     else:
         h.update(json.dumps(part, sort_keys=True, default=jsonable).encode())
     h.update(b"|")
+
+
+@functools.cache
+def blas_kernels() -> tuple[str, ...]:
+    """The BLAS libraries' kernels, e.g. ``("openblas:SkylakeX",)``: part of every fitted
+    generator's key, because MF's float32 ALS (and EASE's inverse) sum in another order under
+    other kernels (OpenBLAS gives AMD Zen its Haswell kernels unless ``OPENBLAS_CORETYPE`` says
+    otherwise), so a cache filled under one must not serve a run under another. SciPy's BLAS
+    is loaded first, so the answer does not depend on what the process imported before."""
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS beside NumPy's)
+    from threadpoolctl import threadpool_info
+
+    found = {
+        f"{lib.get('internal_api')}:{lib.get('architecture')}"
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    }
+    return tuple(sorted(found))
 
 
 def file_digest(paths: Iterable[str | os.PathLike[str]]) -> str:

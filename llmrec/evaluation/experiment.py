@@ -26,7 +26,7 @@ from llmrec.data.catalog import History
 from llmrec.data.schema import RecDataset
 from llmrec.data.split import items_first_seen_late, sampled_new_items
 from llmrec.errors import ConfigError
-from llmrec.evaluation.cache import EvalCache, data_fingerprint, default_cache_dir, digest
+from llmrec.evaluation.cache import EvalCache, blas_kernels, data_fingerprint, default_cache_dir, digest
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_methods, rank_users, summarize
@@ -184,7 +184,8 @@ class FittedGenerators:
         return make_generator(name, seed=self.run.config.seed, **params)
 
     def key(self, name: str) -> str:
-        return digest("generator", self.fit_key, name, self._new(name).params(), self.run.config.seed)
+        params = self._new(name).params()
+        return digest("generator", self.fit_key, name, params, self.run.config.seed, blas_kernels())
 
     def get(self, name: str) -> CandidateGenerator | None:
         """The fitted generator, or None when it cannot fit this data (said in :attr:`info`)."""
