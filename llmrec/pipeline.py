@@ -303,19 +303,6 @@ def build_reranker(config: ModelConfig, adapters: Mapping[str, str] | None = Non
     }.get(config.backend, {})
     if adapters and config.backend == "vllm":
         engine_options["adapters"] = dict(adapters)
-    if config.scorer == "likelihood":
-        from llmrec.llm import load_backend
-        from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
-
-        engine = load_backend(
-            config.model,
-            backend=config.backend,
-            adapter=config.adapter,
-            quantization=config.quantization,
-            batch_size=config.batch_size,
-            **engine_options,
-        )
-        return LikelihoodReranker(engine, LikelihoodParams(header=config.likelihood_header))
     return load_reranker(
         config.model,
         backend=config.backend,
@@ -325,5 +312,7 @@ def build_reranker(config: ModelConfig, adapters: Mapping[str, str] | None = Non
         quantization=config.quantization,
         batch_size=config.batch_size,
         max_prompt_tokens=config.max_prompt_tokens,
+        scorer=config.scorer,
+        likelihood_header=config.likelihood_header,
         **engine_options,
     )

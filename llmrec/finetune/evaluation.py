@@ -20,15 +20,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmrec.candidates.base import CandidateGenerator, Candidates
+from llmrec.candidates.base import CandidateGenerator
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import ConfigError
-from llmrec.evaluation.llm_stage import RerankScores, rerank_scores
+from llmrec.evaluation.llm_stage import rerank_scores
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import rank_users
 from llmrec.finetune.examples import domains_mask
 from llmrec.llm.backend import ScoringBackend
-from llmrec.llm.likelihood import CandidateLikelihood, LikelihoodParams
+from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
 from llmrec.llm.prompting import PromptTemplate
 from llmrec.llm.reranker import LLMReranker, RerankParams
 from llmrec.pipeline import Recommender
@@ -123,11 +123,14 @@ class RankingEvaluator:
             num_candidates,
         )
 
+    def reranker(self, backend: ScoringBackend) -> LLMReranker:
+        """What scores the lists over ``backend``: the listwise prompt being tuned."""
+        return LLMReranker(backend, self.template, max_prompt_tokens=self.max_prompt_tokens)
+
     def __call__(self, backend: ScoringBackend) -> dict[str, float]:
         """Rerank the fixed users' candidate lists with ``backend``; metrics + timing."""
         start = time.perf_counter()
-        reranker = LLMReranker(backend, self.template, max_prompt_tokens=self.max_prompt_tokens)
-        recommender = Recommender(self.retriever, reranker, self.num_candidates)
+        recommender = Recommender(self.retriever, self.reranker(backend), self.num_candidates)
         scored = rerank_scores(recommender, self.ranked, self.histories, RerankParams(progress=False))
         metrics = summarize_ranks(scored.ranks(self.ranked, self.targets).ranks, self.ks)
         return {**metrics, **self.retriever_metrics, "seconds": round(time.perf_counter() - start, 2)}
@@ -142,20 +145,6 @@ class LikelihoodEvaluator(RankingEvaluator):
         super().__init__(*args, **kwargs)
         self.params = params or LikelihoodParams()
 
-    def __call__(self, backend: ScoringBackend) -> dict[str, float]:
-        """Rank the fixed users' candidates by PMI with their history under ``backend.model``."""
-        start = time.perf_counter()
-        catalog_titles = self.retriever.catalog.titles
-        k = self.ranked.candidates.shape[1]
-        rows = np.flatnonzero(self.ranked.ranks <= k)
-        items = self.ranked.candidates[rows]
-        scorer = CandidateLikelihood(backend.model, backend.tokenizer, self.params)
-        histories = [[catalog_titles[i] for i in self.histories[r].items] for r in rows]
-        cands = [[catalog_titles[i] for i in row if i >= 0] for row in items]
-        with backend._scoring():
-            raw = scorer.score(histories, cands, progress=False)
-        scores = [np.pad(s, (0, k - len(s)), constant_values=-np.inf) for s in raw]
-        cands = Candidates(items, np.zeros(items.shape, np.float32), self.ranked.fallback[rows])
-        scored = RerankScores(rows, cands, scores, 0.0, len(rows))
-        metrics = summarize_ranks(scored.ranks(self.ranked, self.targets).ranks, self.ks)
-        return {**metrics, **self.retriever_metrics, "seconds": round(time.perf_counter() - start, 2)}
+    def reranker(self, backend: ScoringBackend) -> LikelihoodReranker:
+        """Each candidate's PMI with the history under ``backend.model``."""
+        return LikelihoodReranker(backend, self.params)

@@ -79,16 +79,28 @@ def load_reranker(
     batch_size: int = 8,
     max_prompt_tokens: int = 1024,
     server_url: str | None = None,
+    scorer: str = "listwise",
+    likelihood_header: str | None = None,
     **backend_options: Any,
 ):
-    """Load an engine once and wrap it in an :class:`~llmrec.llm.reranker.LLMReranker`.
+    """Load an engine once and wrap it in an :class:`~llmrec.llm.reranker.LLMReranker`, or with
+    ``scorer="likelihood"`` a :class:`~llmrec.llm.likelihood.LikelihoodReranker` (each
+    candidate's PMI with the history, ``likelihood_header`` before it; transformers only).
 
     The template is read, and an adapter folder checked (by the backend's config), before the
     model loads, so a wrong name fails in a moment.
     """
+    from llmrec.errors import ConfigError
+    from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
     from llmrec.llm.prompting import PromptTemplate
     from llmrec.llm.reranker import LLMReranker
 
+    if scorer not in ("listwise", "likelihood"):
+        raise ConfigError("listwise or likelihood", parameter="scorer", value=scorer)
+    if scorer == "likelihood" and backend != "transformers":
+        raise ConfigError(
+            "the likelihood scorer runs on the transformers backend", parameter="backend", value=backend
+        )
     prompt = PromptTemplate.load(template)
     engine = load_backend(
         model,
@@ -99,4 +111,9 @@ def load_reranker(
         server_url=server_url,
         **backend_options,
     )
+    if scorer == "likelihood":
+        params = (
+            LikelihoodParams() if likelihood_header is None else LikelihoodParams(header=likelihood_header)
+        )
+        return LikelihoodReranker(engine, params)
     return LLMReranker(engine, prompt, max_prompt_tokens=max_prompt_tokens)
