@@ -135,3 +135,21 @@ def test_learning_curve_rows_table_and_plot(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_curve.parse_point("fused + base + 16 office users", "fused") == ("base", 16)
     assert plot_curve.parse_point("fused + SmolLM2-135M zero-shot", "fused") is None
+
+
+def test_cold_start_grid_report_marks_the_validation_choice_and_renders_its_table():
+    import exp_cold  # eval/ script
+
+    from llmrec.candidates import CandidateGenerator
+
+    settings = exp_cold.grid()
+    assert len(settings) == 21 and all(isinstance(make(), CandidateGenerator) for make in settings.values())
+    results = json.loads((REPORTS / "cold-grid-arts-office.json").read_text(encoding="utf-8"))
+    for run in results["runs"].values():
+        assert list(run["rows"]) == list(settings)  # the committed grid is this script's grid
+        valid = {name: row["valid"]["recall@20"] for name, row in run["rows"].items()}
+        assert valid[run["chosen_on_validation"]] == max(valid.values())
+        mean, low, high = run["rows"][run["chosen_on_validation"]]["test"]["recall@20"]
+        assert low <= mean <= high
+    committed = (REPORTS / "cold-grid-arts-office.md").read_text(encoding="utf-8")
+    assert exp_cold.markdown(results) == committed
