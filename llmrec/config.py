@@ -186,7 +186,7 @@ class ModelConfig(Settings):
         "listwise",
         "listwise: the template's prompt shows the candidate list and the labels' log-probs rank it; "
         "likelihood: each candidate's PMI with the user's last titles under the model, no list "
-        "shown (llmrec.llm.likelihood; transformers backend; a history-task adapter sets it).",
+        "shown (llmrec.llm.likelihood; transformers or vllm backend; a history-task adapter sets it).",
     )
     likelihood_header: str = setting(
         "Items a user liked, one per line:\n",
@@ -195,12 +195,10 @@ class ModelConfig(Settings):
 
     def _validate(self) -> None:
         require_positive(self, "max_prompt_tokens", "batch_size", "threads")
-        if self.scorer == "likelihood" and self.backend != "transformers":
-            raise ConfigError(
-                "the likelihood scorer runs on the transformers backend",
-                parameter="backend",
-                value=self.backend,
-            )
+        if self.scorer == "likelihood" and self.backend == "vllm-server":
+            from llmrec.llm.likelihood import LIKELIHOOD_BACKENDS
+
+            raise ConfigError(LIKELIHOOD_BACKENDS, parameter="backend", value=self.backend)
         from llmrec.llm.vllm_backend import cpu_bind_env
 
         cpu_bind_env(self.cpu_bind)  # a malformed value fails here, not when vLLM starts

@@ -66,8 +66,9 @@ def test_a_history_adapter_selects_the_likelihood_scorer_and_its_header(tmp_path
     assert (cfg.scorer, cfg.likelihood_header) == ("likelihood", HEADER)
     ranking = ModelConfig(adapter=str(tmp_path / "adapter"), scorer="listwise", likelihood_header="x\n")
     assert ranking.likelihood_header == "x\n"  # what the user sets wins
-    with pytest.raises(ConfigError, match="transformers backend"):
-        ModelConfig(scorer="likelihood", backend="vllm")
+    assert ModelConfig(scorer="likelihood", backend="vllm").scorer == "likelihood"  # prompt log-probs
+    with pytest.raises(ConfigError, match="vllm-server client does not request them"):
+        ModelConfig(scorer="likelihood", backend="vllm-server")
 
 
 def test_ray_batch_sends_the_likelihood_scorer_to_the_engine_route():
@@ -135,3 +136,30 @@ def test_history_lm_cli_trains_and_the_adapter_ranks_through_the_pipeline(tmp_pa
     assert isinstance(reranker, LikelihoodReranker) and reranker.scorer.params.header == HEADER
     (scores,) = reranker.score([["Heat (1995)"]], [["Ronin (1998)", "Up (2009)"]])
     assert np.isfinite(scores).all()
+
+
+def test_a_merged_history_adapter_scores_as_the_adapter_and_is_saved_once(tmp_path, monkeypatch, smollm_dir):
+    """`merged_model` (what `--backend vllm` loads for a likelihood adapter, vLLM having no prompt
+    log-probs with LoRA): base + adapter folded into one float32 model, cached under
+    LLMREC_CACHE; it scores as the base with the adapter."""
+    from pathlib import Path
+
+    from llmrec.llm.models import merged_model
+    from llmrec.llm.reranker import RerankParams
+    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
+
+    adapter = Path(__file__).parents[1] / "finetune/adapters/history-ml-latest-small/adapter"
+    monkeypatch.setenv("LLMREC_CACHE", str(tmp_path))
+    folder = merged_model(str(smollm_dir), adapter)
+    assert folder.parent == tmp_path / "merged" and (folder / "config.json").is_file()
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    assert merged_model(str(smollm_dir), adapter) == folder  # the second call reads the cache
+    assert (folder / "config.json").stat().st_mtime_ns == stamp
+    hist = [["Toy Story (1995)", "Heat (1995)"]]
+    cands = [["Toy Story 2 (1999)", "Casablanca (1942)", "Ronin (1998)"]]
+    params, quiet = LikelihoodParams(header=HEADER), RerankParams(progress=False)
+    scores = {}
+    for name, model, with_adapter in (("merged", folder, None), ("lora", smollm_dir, str(adapter))):
+        cfg = TransformersConfig(model=str(model), adapter=with_adapter, dtype="float32", device="cpu")
+        scores[name] = LikelihoodReranker(TransformersBackend(cfg), params).score(hist, cands, quiet)[0]
+    np.testing.assert_allclose(scores["merged"], scores["lora"], atol=1e-3)

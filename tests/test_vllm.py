@@ -91,6 +91,7 @@ def engine(smollm_dir, adapter_dir, second_adapter_dir, require_vllm):
                 "other": str(second_adapter_dir),
                 "evidence": str(EVIDENCE_ADAPTER),
                 "evidence-seq": str(EVIDENCE_SEQ_ADAPTER),
+                "history": str(HISTORY_ADAPTER),
             },
             kv_cache_gib=1,
             dtype="float32",
@@ -236,6 +237,7 @@ def test_evaluate_cli_with_the_vllm_backend(tmp_path, ml_small_dir, smollm_dir):
 
 EVIDENCE_ADAPTER = Path(__file__).parents[1] / "finetune/adapters/evidence-ml-latest-small/adapter"
 EVIDENCE_SEQ_ADAPTER = Path(__file__).parents[1] / "finetune/adapters/evidence-seq-ml-latest-small/adapter"
+HISTORY_ADAPTER = Path(__file__).parents[1] / "finetune/adapters/history-ml-latest-small/adapter"
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +310,87 @@ def test_fused_seq_evidence_adapter_ranks_the_same_in_vllm_as_in_transformers(
     got = engine.for_adapter("evidence-seq").label_logprobs(prompts, ids)
     assert_same_scores(got, want)
     assert np.abs(engine.for_adapter(None).label_logprobs(prompts, ids) - want).max() > 0.1
+
+
+@pytest.fixture(scope="module")
+def likelihood_case(smollm_dir, ml_small_split):
+    """6 users' last 10 titles, 10 random candidates each, the history LM's header, and the
+    transformers backend's PMI scores with the history adapter and without it."""
+    from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
+    from llmrec.llm.reranker import RerankParams
+    from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
+
+    manifest = json.loads((HISTORY_ADAPTER.parent / "manifest.json").read_text(encoding="utf-8"))
+    header = manifest["config"]["history_header"]
+    titles = ml_small_split.catalog.titles
+    rng = np.random.default_rng(0)
+    histories = [[titles[i] for i in ml_small_split.train[u][-10:]] for u in range(6)]
+    candidates = [[titles[i] for i in rng.choice(len(titles), size=10, replace=False)] for _ in range(6)]
+    scores = {}
+    for name, adapter in (("history", str(HISTORY_ADAPTER)), ("base", None)):
+        cfg = TransformersConfig(model=str(smollm_dir), adapter=adapter, dtype="float32")
+        reranker = LikelihoodReranker(TransformersBackend(cfg), LikelihoodParams(header=header))
+        scores[name] = np.stack(reranker.score(histories, candidates, RerankParams(progress=False)))
+    assert np.abs(scores["base"] - scores["history"]).max() > 0.1  # the adapter moves the scores
+    return header, histories, candidates, scores
+
+
+def assert_same_pmi(got: np.ndarray, want: np.ndarray) -> None:
+    """PMI scores within ten times the per-token tolerance (a title is several tokens, a PMI
+    two sums of them), and the same order wherever the reference's gap is larger."""
+    np.testing.assert_allclose(got, want, atol=10 * LOGPROB_ATOL, rtol=0)
+    for g, w in zip(got, want):
+        order = np.argsort(-w, kind="stable")
+        clear = np.diff(w[order]) < -10 * LOGPROB_ATOL
+        assert (np.diff(g[order])[clear] < 0).all()
+
+
+def test_history_lm_likelihood_on_vllm_matches_transformers(smollm_dir, likelihood_case, require_vllm):
+    """`load_reranker(scorer="likelihood", backend="vllm", adapter=...)`, as `--backend vllm`
+    loads a history adapter: merged into the base (no LoRA), scored from vLLM's prompt
+    log-probs. Its own engine, in a subprocess (one engine per process)."""
+    import subprocess
+    import sys
+
+    header, histories, candidates, scores = likelihood_case
+    code = (
+        "import json, sys\n"
+        "from llmrec.llm import load_reranker\n"
+        "from llmrec.llm.reranker import RerankParams\n"
+        "case = json.load(sys.stdin)\n"
+        "r = load_reranker(case['model'], backend='vllm', adapter=case['adapter'], scorer='likelihood',\n"
+        "    likelihood_header=case['header'], dtype='float32', kv_cache_gib=1,\n"
+        "    engine_args={'enforce_eager': True})\n"
+        "assert not r.backend._loras, 'the adapter is merged, not served as LoRA'\n"
+        "got = r.score(case['histories'], case['candidates'], RerankParams(progress=False))\n"
+        "print('SCORES=' + json.dumps([g.tolist() for g in got]))\n"
+    )
+    case = {
+        "model": str(smollm_dir),
+        "adapter": str(HISTORY_ADAPTER),
+        "header": header,
+        "histories": histories,
+        "candidates": candidates,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(case),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("SCORES="))
+    assert_same_pmi(np.array(json.loads(line[len("SCORES=") :])), scores["history"])
+
+
+def test_history_lm_likelihood_through_vllm_lora_matches_transformers(engine, likelihood_case):
+    """On an engine serving the adapter as LoRA (no prompt log-probs there), each title token is
+    a request of its own: the same scores. 2 users, 5 candidates (many small requests)."""
+    from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
+    from llmrec.llm.reranker import RerankParams
+
+    header, histories, candidates, scores = likelihood_case
+    reranker = LikelihoodReranker(engine.for_adapter("history"), LikelihoodParams(header=header))
+    got = reranker.score(histories[:2], [c[:5] for c in candidates[:2]], RerankParams(progress=False))
+    assert_same_pmi(np.stack(got), scores["history"][:2, :5])

@@ -85,23 +85,27 @@ def load_reranker(
 ):
     """Load an engine once and wrap it in an :class:`~llmrec.llm.reranker.LLMReranker`, or with
     ``scorer="likelihood"`` a :class:`~llmrec.llm.likelihood.LikelihoodReranker` (each
-    candidate's PMI with the history, ``likelihood_header`` before it; transformers only).
+    candidate's PMI with the history, ``likelihood_header`` before it; transformers or in-process
+    vllm).
 
     The template is read, and an adapter folder checked (by the backend's config), before the
     model loads, so a wrong name fails in a moment.
     """
     from llmrec.errors import ConfigError
-    from llmrec.llm.likelihood import LikelihoodParams, LikelihoodReranker
+    from llmrec.llm.likelihood import LIKELIHOOD_BACKENDS, LikelihoodParams, LikelihoodReranker
     from llmrec.llm.prompting import PromptTemplate
     from llmrec.llm.reranker import LLMReranker
 
     if scorer not in ("listwise", "likelihood"):
         raise ConfigError("listwise or likelihood", parameter="scorer", value=scorer)
-    if scorer == "likelihood" and backend != "transformers":
-        raise ConfigError(
-            "the likelihood scorer runs on the transformers backend", parameter="backend", value=backend
-        )
+    if scorer == "likelihood" and backend == "vllm-server":
+        raise ConfigError(LIKELIHOOD_BACKENDS, parameter="backend", value=backend)
     prompt = PromptTemplate.load(template)
+    if scorer == "likelihood" and backend == "vllm" and adapter is not None:
+        from llmrec.llm.models import merged_model
+
+        # vLLM returns prompt log-probs only without LoRA: serve the adapter merged into the base.
+        model, adapter = str(merged_model(model, adapter)), None
     engine = load_backend(
         model,
         backend=backend,

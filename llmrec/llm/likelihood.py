@@ -8,19 +8,29 @@ user and its key/value cache shared by all of that user's candidates, so a user 
 prefix pass plus one batched pass over the candidates' title tokens. The prior term is computed
 once per distinct title.
 
+Engines: the transformers backend (above), and the in-process vLLM engine
+(:meth:`~llmrec.llm.vllm_backend.VLLMBackend.continuation_logprobs`, prompt log-probs).
+
 Titles are untrusted text: each is sanitized (one inert line, bounded length) before it is
 tokenized, as in every prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from llmrec.llm.sanitize import sanitize_item_text
+
+LIKELIHOOD_BACKENDS = (
+    "the likelihood scorer reads prompt log-probs from the transformers backend or the "
+    "in-process vllm engine; the vllm-server client does not request them"
+)
+"""Why a backend is refused for ``scorer: likelihood``."""
 
 
 @dataclass
@@ -55,16 +65,27 @@ class CandidateLikelihood:
 
     ``model`` / ``tokenizer``: a transformers causal LM and its tokenizer (e.g. a
     :class:`~llmrec.llm.transformers_backend.TransformersBackend`'s ``model`` and ``tokenizer``);
-    ``model_name`` names them in :attr:`key`.
+    ``model_name`` names them in :attr:`key`. ``continuations``: another engine's
+    ``(prefix_ids, continuations) -> summed log-probs`` (e.g.
+    :meth:`~llmrec.llm.vllm_backend.VLLMBackend.continuation_logprobs`), used instead of
+    ``model``, which may then be None.
     """
 
     def __init__(
-        self, model, tokenizer, params: LikelihoodParams | None = None, model_name: str = ""
+        self,
+        model,
+        tokenizer,
+        params: LikelihoodParams | None = None,
+        model_name: str = "",
+        continuations: Callable[[list[int], list[list[int]]], np.ndarray] | None = None,
     ) -> None:
+        if model is None and continuations is None:
+            raise ValueError("needs a model or a continuations function")
         self.model = model
         self.tokenizer = tokenizer
         self.params = params or LikelihoodParams()
         self.model_name = model_name
+        self._engine = continuations
         self._prior: dict[str, float] = {}
 
     @property
@@ -83,12 +104,18 @@ class CandidateLikelihood:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _continuations(self, prefix: str, titles: Sequence[str]) -> np.ndarray:
-        """Summed log-prob of each title line after ``prefix`` (one prefix pass, shared cache)."""
+        """Summed log-prob of each title line after ``prefix``."""
+        prefix_ids = self._encode(prefix)
+        cont = [self._encode(self._line(t)) for t in titles]
+        if self._engine is not None:
+            return np.asarray(self._engine(prefix_ids, cont), dtype=np.float64)
+        return self._transformers_continuations(prefix_ids, cont)
+
+    def _transformers_continuations(self, prefix_ids: list[int], cont: list[list[int]]) -> np.ndarray:
+        """One prefix pass whose key/value cache all continuations share, then one batched pass."""
         import torch
 
         device = next(self.model.parameters()).device
-        prefix_ids = self._encode(prefix)
-        cont = [self._encode(self._line(t)) for t in titles]
         out = self.model(torch.tensor([prefix_ids], device=device), use_cache=True)
         first = torch.log_softmax(out.logits[0, -1].float(), -1)
         cache = out.past_key_values
@@ -122,6 +149,8 @@ class CandidateLikelihood:
         return np.array([self._prior[t] for t in titles])
 
     def _with_model(self, prefix: str, titles: Sequence[str]) -> np.ndarray:
+        if self._engine is not None:
+            return self._continuations(prefix, titles)
         import torch
 
         with torch.inference_mode():
@@ -155,8 +184,9 @@ class LikelihoodReranker:
     pipeline, evaluation suites, fusion with the retriever order).
 
     ``backend``: a loaded transformers backend (its ``model``, ``tokenizer`` and scoring
-    context). A candidate's score does not depend on where it stands in the list, so shuffled
-    orders would change nothing and are not computed.
+    context) or in-process vLLM engine (its ``continuation_logprobs``: prompt log-probs). A
+    candidate's score does not depend on where it stands in the list, so shuffled orders would
+    change nothing and are not computed.
     """
 
     def __init__(self, backend, params: LikelihoodParams | None = None) -> None:
@@ -164,7 +194,11 @@ class LikelihoodReranker:
 
         self.backend = backend
         self.scorer = CandidateLikelihood(
-            backend.model, backend.tokenizer, params, model_name=getattr(backend, "model_name", "")
+            getattr(backend, "model", None),
+            backend.tokenizer,
+            params,
+            model_name=getattr(backend, "model_name", ""),
+            continuations=getattr(backend, "continuation_logprobs", None),
         )
         # No prompt shows a list; a template without evidence tells the pipeline not to
         # compute any.
@@ -189,5 +223,6 @@ class LikelihoodReranker:
                 value=params.mode,
             )
         progress = True if params is None else params.progress
-        with self.backend._scoring():
+        scoring = getattr(self.backend, "_scoring", contextlib.nullcontext)
+        with scoring():
             return self.scorer.score(histories, candidates, progress=progress)

@@ -139,6 +139,34 @@ def prepare_offline_model(name: str = DEFAULT_MODEL) -> Path:
     return target
 
 
+def merged_model(model: str, adapter: str | os.PathLike[str]) -> Path:
+    """``model`` with the LoRA ``adapter`` merged into its weights (float32), saved once under
+    the model cache, keyed by the base and the adapter's bytes; the folder.
+
+    For engines that read a quantity their LoRA path cannot produce: vLLM's prompt log-probs
+    fail with LoRA enabled (vllm-project/vllm#29955), and a merged model needs no LoRA.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llmrec.evaluation.cache import digest, file_digest
+
+    folder = check_adapter_folder(adapter)
+    base = resolve_model(model)
+    key = digest(base, file_digest([p for p in folder.iterdir() if p.is_file()]))
+    target = cache_dir() / "merged" / f"{Path(base).name}-{key}"
+    if (target / "config.json").exists():
+        return target
+    logger.warning("merging adapter %s into %s, into %s (once)", folder, base, target)
+    with atomic_dir(target, keep_existing=True) as tmp:
+        lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(lm, str(folder)).merge_and_unload()
+        merged.save_pretrained(tmp)
+        load_tokenizer(base).save_pretrained(tmp)
+    return target
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
