@@ -10,6 +10,8 @@ runs unchanged on a GPU machine (``--device auto`` picks CUDA; vLLM uses the GPU
     python eval/bench_backends.py --users 64                       # transformers vs vllm
     python eval/bench_backends.py --backends transformers,vllm,vllm-server
     python eval/bench_backends.py --backends transformers,vllm-server@auto,vllm-server@all
+    python eval/bench_backends.py --scorer likelihood --users 16 \
+        --adapter finetune/adapters/history-ml-latest-small/adapter   # the history LM's scorer
 
 ``NAME@BIND`` sets vLLM's CPU binding (``cpu_bind``: all, auto, nobind or a CPU list; default
 all). Each vllm-server is its own process, so one run compares bindings; an in-process ``vllm``
@@ -34,7 +36,9 @@ from llmrec.llm.reranker import RerankParams
 
 
 def _load(backend: str, args: argparse.Namespace, server_url: str | None, cpu_bind: str):
-    options: dict = {"template": args.template, "batch_size": args.batch_size}
+    options: dict = {"template": args.template, "batch_size": args.batch_size, "adapter": args.adapter}
+    if args.scorer == "likelihood":
+        options.update(scorer="likelihood", likelihood_header=args.likelihood_header)
     if backend == "transformers":
         options["device"] = args.device
     if backend == "vllm":
@@ -58,6 +62,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="transformers batch size")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapter", help="a PEFT adapter folder, on every backend")
+    parser.add_argument(
+        "--scorer",
+        choices=["listwise", "likelihood"],
+        default="listwise",
+        help="likelihood: each candidate's PMI with the history (transformers and vllm)",
+    )
+    parser.add_argument(
+        "--likelihood-header",
+        default="A user's favourite movies, one per line:\n",
+        help="the likelihood scorer's header (the history LM's)",
+    )
     parser.add_argument("--out", default="eval/results/bench_backends.json")
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -92,10 +108,11 @@ def main() -> None:
                 "cpu_bind": None if backend == "transformers" else cpu_bind,
                 "top1": [int(s.argmax()) for s in scores],
             }
+            tokens = results[spec]["prompt_tokens_per_second"]
             print(
                 f"{spec:18s} {results[spec]['users_per_second']:8.2f} users/s  "
-                f"{results[spec]['prompt_tokens_per_second']:9.1f} prompt tokens/s  "
-                f"({seconds:.1f} s; start-up {load_seconds:.0f} s)",
+                + (f"{tokens:9.1f} prompt tokens/s  " if tokens is not None else "")
+                + f"({seconds:.1f} s; start-up {load_seconds:.0f} s)",
                 flush=True,
             )
             del reranker
@@ -122,6 +139,8 @@ def main() -> None:
         "data": args.data,
         "model": args.model,
         "template": args.template,
+        "scorer": args.scorer,
+        "adapter": args.adapter,
         "candidates": args.k,
         "reference": ref,
         "results": results,

@@ -42,10 +42,12 @@ def timed_rerank(reranker, inputs: RerankInputs, params) -> tuple[dict, list]:
     """Score once under the clock: users/s, prompt tokens/s, and the scores."""
     rec = Recommender(inputs.retriever, reranker, num_candidates=inputs.candidates.items.shape[1])
     items = inputs.candidates.items
-    prompts, _ = reranker.build_prompts(
-        *rec.texts(inputs.histories, items), params, rec.evidence(inputs.histories, items)
-    )
-    tokens = sum(reranker.renderer.n_tokens(p) for p in prompts)
+    tokens, n_prompts = None, 0
+    if hasattr(reranker, "build_prompts"):  # listwise: prompts to count (likelihood has none)
+        prompts, _ = reranker.build_prompts(
+            *rec.texts(inputs.histories, items), params, rec.evidence(inputs.histories, items)
+        )
+        tokens, n_prompts = sum(reranker.renderer.n_tokens(p) for p in prompts), len(prompts)
     start = time.perf_counter()
     scores = rec.llm_scores(inputs.histories, inputs.candidates.items, params)
     seconds = time.perf_counter() - start
@@ -54,7 +56,7 @@ def timed_rerank(reranker, inputs: RerankInputs, params) -> tuple[dict, list]:
         "users": n,
         "seconds": round(seconds, 3),
         "users_per_second": round(n / seconds, 4),
-        "prompt_tokens_per_second": round(tokens / seconds, 1),
-        "mean_prompt_tokens": round(tokens / len(prompts), 1),
+        "prompt_tokens_per_second": None if tokens is None else round(tokens / seconds, 1),
+        "mean_prompt_tokens": None if tokens is None else round(tokens / n_prompts, 1),
     }
     return row, scores
