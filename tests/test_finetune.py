@@ -266,6 +266,21 @@ def test_ranking_evaluator_samples_retrieved_validation_users(ml_small_split, re
     assert 0 < a.retriever_metrics["retriever_ndcg@10"] <= 1
 
 
+def test_each_task_gets_its_in_training_evaluator(ml_small_split, retriever):
+    from llmrec.finetune.evaluation import LikelihoodEvaluator
+    from llmrec.finetune.run import _evaluator
+
+    listwise = FinetuneConfig(eval_steps=10, save_steps=10, eval_users=8)
+    got = _evaluator(listwise, ml_small_split, retriever, "listwise")
+    assert type(got) is RankingEvaluator and len(got.users) == 8
+    history = FinetuneConfig(
+        task="history", loss="vocab", label_logits_only=False, eval_steps=10, save_steps=10, eval_users=8
+    )
+    got = _evaluator(history, ml_small_split, retriever, None)
+    assert isinstance(got, LikelihoodEvaluator) and got.params.header == history.history_header
+    assert _evaluator(FinetuneConfig(eval_users=0), ml_small_split, retriever, "listwise") is None
+
+
 def test_last_checkpoint_skips_incomplete_ones(tmp_path):
     assert last_checkpoint(tmp_path / "missing") is None
     for step, complete in ((2, True), (4, True), (6, False)):

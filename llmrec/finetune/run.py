@@ -57,17 +57,7 @@ def run_finetune(config: FinetuneConfig) -> Path:
         allowed=allowed,
     )
     logger.info("%d training examples from %s", len(examples), config.dataset)
-    evaluator = None
-    if config.eval_steps and config.eval_users:
-        evaluator = RankingEvaluator(
-            split,
-            retriever,
-            template,
-            users=config.eval_users,
-            num_candidates=config.num_candidates,
-            max_prompt_tokens=config.max_prompt_tokens,
-        )
-    return finetune(config, examples, evaluator)
+    return finetune(config, examples, _evaluator(config, split, retriever, template))
 
 
 def _run_history(
@@ -88,16 +78,21 @@ def _run_history(
         users=users,
     )
     logger.info("%d history texts from %s", len(dataset), config.dataset)
-    evaluator = None
-    if config.eval_steps and config.eval_users:
-        evaluator = LikelihoodEvaluator(
-            split,
-            retriever,
-            users=config.eval_users,
-            num_candidates=config.num_candidates,
-            params=LikelihoodParams(header=config.history_header),
-        )
-    return finetune(config, dataset, evaluator)
+    return finetune(config, dataset, _evaluator(config, split, retriever, None))
+
+
+def _evaluator(
+    config: FinetuneConfig, split: LeaveOneOutSplit, retriever: CandidateGenerator, template
+) -> RankingEvaluator | None:
+    """The in-training validation ranking of the retriever's lists (None when not asked for):
+    by the template's label log-probs, or for the history task by likelihood."""
+    if not (config.eval_steps and config.eval_users):
+        return None
+    common = {"users": config.eval_users, "num_candidates": config.num_candidates}
+    if config.task == "history":
+        params = LikelihoodParams(header=config.history_header)
+        return LikelihoodEvaluator(split, retriever, params=params, **common)
+    return RankingEvaluator(split, retriever, template, max_prompt_tokens=config.max_prompt_tokens, **common)
 
 
 def _example_retriever(
