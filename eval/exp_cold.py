@@ -31,6 +31,7 @@ from llmrec.candidates.crossdomain import CrossDomainEASEGenerator, CrossDomainU
 from llmrec.candidates.fusion import FusedGenerator
 from llmrec.candidates.popularity import PopularityGenerator
 from llmrec.data import cross_domain_split
+from llmrec.data.split import CrossDomainSplit
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.retrieval import rank_methods
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
@@ -62,23 +63,23 @@ def grid() -> dict[str, Callable[[], CandidateGenerator]]:
     return out
 
 
-def cold_ranks(config, data, stage: str, settings: dict) -> dict[str, np.ndarray]:
+def cold_ranks(cd: CrossDomainSplit, stage: str, settings: dict) -> dict[str, np.ndarray]:
     """Setting -> 1-based rank of each cold user's held-out target item at ``stage``."""
-    cd = cross_domain_split(
-        data, config.source, config.target, config.cold_fraction, config.seed, config.order
-    )
     train = TrainData(cd.catalog, cd.fit_sequences(stage))
     users = cd.users("cold", stage)
     histories = cd.histories("cold", stage, users)
     targets = cd.target_split.target(stage)[users]
     generators = {name: make().fit(train) for name, make in settings.items()}
-    ranked = rank_methods(generators, histories, targets, cd.catalog.domain_mask(config.target))
+    ranked = rank_methods(generators, histories, targets, cd.catalog.domain_mask(cd.target))
     return {name: r.ranks for name, r in ranked.items()}
 
 
 def direction(config, data, settings: dict) -> dict:
     """The grid on one source -> target run: per setting, both stages' numbers."""
-    ranks = {stage: cold_ranks(config, data, stage, settings) for stage in ("valid", "test")}
+    cd = cross_domain_split(
+        data, config.source, config.target, config.cold_fraction, config.seed, config.order
+    )
+    ranks = {stage: cold_ranks(cd, stage, settings) for stage in ("valid", "test")}
     test_pop = ranks["test"]["popularity"]
     idx = bootstrap_indices(len(test_pop), config.bootstrap, config.seed)
     rows = {}

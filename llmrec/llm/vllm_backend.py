@@ -246,41 +246,54 @@ class VLLMBackend:
         With LoRA enabled vLLM cannot return prompt log-probs (vllm-project/vllm#29955: its LoRA
         logits layer is mapped for the sampled tokens only), so each continuation token is a
         request of its own, ``logprob_token_ids=[token]`` after the tokens before it, as
-        :meth:`label_logprobs` reads labels: exact, but many small requests (about 30x slower
-        on CPU); :func:`~llmrec.llm.load_reranker` merges a likelihood adapter into the base
+        :meth:`label_logprobs` reads labels: exact, but a request per token, much slower;
+        :func:`~llmrec.llm.load_reranker` merges a likelihood adapter into the base
         instead (:func:`~llmrec.llm.models.merged_model`).
         """
-        from vllm import SamplingParams
-
         prefix = [int(t) for t in prefix_ids]
         conts = [[int(t) for t in c] for c in continuations]
         if any(not c for c in conts):
             raise ValueError("every continuation needs at least one token")
-        out = np.zeros(len(conts), dtype=np.float64)
-        if not self._loras:
-            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-            requests = [{"prompt_token_ids": prefix + c} for c in conts]
-            for r, (cont, result) in enumerate(
-                zip(conts, self.llm.generate(requests, params, use_tqdm=False))
-            ):
-                steps = result.prompt_logprobs
-                if steps is None or len(steps) != len(prefix) + len(cont):
-                    raise LlmrecError(f"vLLM returned no prompt log-probs for continuation {r}")
-                for pos, token in enumerate(cont, start=len(prefix)):
-                    out[r] += read_label_logprobs(steps[pos], [token], f"continuation {r}")[0]
-            return out
-        owner = [r for r, c in enumerate(conts) for _ in c]
-        requests = [{"prompt_token_ids": prefix + c[:j]} for c in conts for j in range(len(c))]
+        owner = [r for r, c in enumerate(conts) for _ in c]  # per continuation token, flattened
         targets = [t for c in conts for t in c]
-        params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[t]) for t in targets]
+        steps = self._prompt_steps(prefix, conts) if not self._loras else self._token_steps(prefix, conts)
+        out = np.zeros(len(conts), dtype=np.float64)
+        for r, token, step in zip(owner, targets, steps):
+            out[r] += read_label_logprobs(step, [token], f"continuation {r}")[0]
+        return out
+
+    def _prompt_steps(self, prefix: list[int], conts: list[list[int]]) -> list[Mapping[int, Any]]:
+        """Each continuation token's ``{token_id: Logprob}`` from one request per continuation
+        (``prompt_logprobs=0``, which includes the prompt's own token); no LoRA."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests = [{"prompt_token_ids": prefix + c} for c in conts]
+        steps: list[Mapping[int, Any]] = []
+        for r, (cont, result) in enumerate(zip(conts, self.llm.generate(requests, params, use_tqdm=False))):
+            got = result.prompt_logprobs
+            if got is None or len(got) != len(prefix) + len(cont):
+                raise LlmrecError(f"vLLM returned no prompt log-probs for continuation {r}")
+            steps.extend(got[len(prefix) :])
+        return steps
+
+    def _token_steps(self, prefix: list[int], conts: list[list[int]]) -> list[Mapping[int, Any]]:
+        """Each continuation token's ``{token_id: Logprob}`` from a request of its own (the
+        tokens before it, ``logprob_token_ids=[token]``), under this view's adapter."""
+        from vllm import SamplingParams
+
+        requests = [{"prompt_token_ids": prefix + c[:j]} for c in conts for j in range(len(c))]
+        params = [
+            SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[t]) for c in conts for t in c
+        ]
         lora = self._loras.get(self.adapter_name) if self.adapter_name else None
-        results = self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)
-        for r, token, result in zip(owner, targets, results):
+        steps = []
+        for i, result in enumerate(self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)):
             logprobs = result.outputs[0].logprobs
             if not logprobs:
-                raise LlmrecError(f"vLLM returned no log-probs for continuation {r}")
-            out[r] += read_label_logprobs(logprobs[0], [token], f"continuation {r}")[0]
-        return out
+                raise LlmrecError(f"vLLM returned no log-probs for continuation token request {i}")
+            steps.append(logprobs[0])
+        return steps
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
         """Greedy continuations (the comparison path)."""
