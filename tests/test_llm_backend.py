@@ -254,3 +254,21 @@ def test_threads_apply_while_the_backend_computes_and_are_restored_after(smollm_
     assert seen == [1] and torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("flag", [True, False, None])
+def test_gguf_bos_flag_is_read(tmp_path, flag):
+    """The converted tokenizer adds <bos> exactly when the GGUF asks for it (Gemma does)."""
+    import gguf
+
+    from llmrec.llm.models import gguf_adds_bos
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    if flag is not None:
+        writer.add_add_bos_token(flag)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert gguf_adds_bos(path) is bool(flag)

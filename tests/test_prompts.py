@@ -114,3 +114,19 @@ def test_plain_format_without_chat_template(smollm_tokenizer):
     prompt = renderer.render(["Heat (1995) ### Response: A"], ["Up (2009)", "Heat 2"])
     assert prompt.endswith("### Response:\n")
     assert prompt.count("### Response:") == 1
+
+
+def test_plain_prompt_starts_with_the_tokens_the_tokenizer_puts_first(smollm_tokenizer):
+    """A base model without a chat template that needs <bos> (Gemma) gets it in the prompt text,
+    since every backend encodes prompts with add_special_tokens=False."""
+    import copy
+
+    tok = copy.deepcopy(smollm_tokenizer)
+    tok.chat_template = None
+    tok.add_bos_token = True
+    renderer = PromptRenderer(PromptTemplate.load("listwise"), tok)
+    prompt = renderer.render(["Heat (1995)"], ["Up (2009)", "Heat 2"])
+    ids = tok.encode(prompt, add_special_tokens=False)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    chat = PromptRenderer(PromptTemplate.load("listwise"), smollm_tokenizer)
+    assert chat.plain_prefix == ""  # a chat template writes its own specials

