@@ -49,6 +49,21 @@ def test_history_texts_are_training_items_in_order_every_title_a_target(ml_small
         history_dataset(split.train, split.catalog.titles, tok, header=HEADER, window=0)
 
 
+def test_history_texts_start_with_the_tokens_the_tokenizer_puts_first(ml_small_split, smollm_tokenizer):
+    """A Gemma-like tokenizer (add_bos_token) trains on texts that start with <bos>, as the
+    likelihood scorer reads them; the <bos> is no target."""
+    import copy
+
+    tok = copy.deepcopy(smollm_tokenizer)
+    tok.add_bos_token = True
+    ds = history_dataset(
+        ml_small_split.train, ml_small_split.catalog.titles, tok, header=HEADER, users=np.array([0])
+    )
+    for r in ds:
+        assert r["input_ids"][0] == tok.bos_token_id and r["input_ids"].count(tok.bos_token_id) == 1
+        assert r["completion_mask"][0] == 0
+
+
 def test_history_task_needs_the_vocabulary_loss():
     with pytest.raises(ConfigError, match="loss: vocab"):
         FinetuneConfig(task="history")  # label_logits_only defaults to True

@@ -65,3 +65,32 @@ def test_bad_input_is_named(fp32_model):
         scorer.score([["a"], ["b"]], [["c"]], progress=False)
     (empty,) = scorer.score([["a"]], [[]], progress=False)
     assert empty.shape == (0,)
+
+
+def test_a_tokenizer_that_starts_texts_with_bos_gets_it_once_before_the_prefix(smollm_tokenizer):
+    """A Gemma-like tokenizer (add_bos_token) gets its <bos> at the start of the prefix; the
+    candidates' title tokens, which continue the prefix, get none."""
+    import copy
+
+    from llmrec.llm.likelihood import CandidateLikelihood
+
+    tok = copy.deepcopy(smollm_tokenizer)
+    tok.add_bos_token = True
+    seen: list[tuple[list[int], list[list[int]]]] = []
+
+    def engine(prefix_ids: list[int], cont: list[list[int]]) -> np.ndarray:
+        seen.append((prefix_ids, cont))
+        return np.zeros(len(cont))
+
+    scorer = CandidateLikelihood(None, tok, continuations=engine)
+    scorer.score([["Heat (1995)"]], [["Up (2009)", "Heat 2"]], progress=False)
+    assert seen  # the prior's prefix (header only) and the user's prefix
+    for prefix_ids, cont in seen:
+        assert prefix_ids[0] == tok.bos_token_id and prefix_ids.count(tok.bos_token_id) == 1
+        assert all(tok.bos_token_id not in c for c in cont)
+    plain = CandidateLikelihood(None, smollm_tokenizer, continuations=engine)
+    seen.clear()
+    plain.score([["Heat (1995)"]], [["Up (2009)"]], progress=False)
+    want = [plain.params.header + "Heat (1995)\n", plain.params.header]  # the user's prefix, the prior's
+    assert [p for p, _ in seen] == [smollm_tokenizer.encode(t, add_special_tokens=False) for t in want]
+    # SmolLM2 puts nothing first: its prefixes are unchanged

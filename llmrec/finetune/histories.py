@@ -21,6 +21,7 @@ import numpy as np
 from datasets import Dataset
 
 from llmrec.llm.likelihood import history_line
+from llmrec.llm.prompting import start_ids
 
 
 def history_dataset(
@@ -41,7 +42,7 @@ def history_dataset(
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    head = tokenizer.encode(header, add_special_tokens=False)
+    head = start_ids(tokenizer) + tokenizer.encode(header, add_special_tokens=False)
     cache: dict[int, list[int]] = {}
 
     def line(item: int) -> list[int]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from llmrec.llm.prompting import start_ids
 from llmrec.llm.sanitize import sanitize_item_text
 
 LIKELIHOOD_BACKENDS = (
@@ -87,6 +88,7 @@ class CandidateLikelihood:
         self.model_name = model_name
         self._engine = continuations
         self._prior: dict[str, float] = {}
+        self._start = start_ids(tokenizer)
 
     @property
     def key(self) -> str:
@@ -105,7 +107,7 @@ class CandidateLikelihood:
 
     def _continuations(self, prefix: str, titles: Sequence[str]) -> np.ndarray:
         """Summed log-prob of each title line after ``prefix``."""
-        prefix_ids = self._encode(prefix)
+        prefix_ids = self._start + self._encode(prefix)  # e.g. Gemma's <bos>; titles get none
         cont = [self._encode(self._line(t)) for t in titles]
         if self._engine is not None:
             return np.asarray(self._engine(prefix_ids, cont), dtype=np.float64)

@@ -160,17 +160,25 @@ def check_evidence(
             raise ValueError(f"evidence values must be integers, got {e!r}")
 
 
-def special_prefix(tokenizer: Any) -> str:
-    """The special tokens the tokenizer puts before a text (e.g. Gemma's ``<bos>``), as text.
+def start_ids(tokenizer: Any) -> list[int]:
+    """The special token ids the tokenizer puts before a text (e.g. Gemma's ``<bos>``); often none.
 
-    Prompts are encoded with ``add_special_tokens=False`` everywhere (a chat template writes its
-    own specials), so a plain prompt carries this prefix itself."""
+    Every encoder here calls ``encode(..., add_special_tokens=False)`` (a chat template writes its
+    own specials, and continuations must not get them), so each text that starts a sequence
+    without a chat template begins with these ids itself: plain-format prompts
+    (:class:`PromptRenderer`), the likelihood scorer's prefix and the history LM's texts."""
     plain = tokenizer.encode("a", add_special_tokens=False)
     full = tokenizer.encode("a")
     n = len(full) - len(plain)
     if n <= 0 or full[n:] != plain:
-        return ""
-    return tokenizer.decode(full[:n])
+        return []
+    return list(full[:n])
+
+
+def special_prefix(tokenizer: Any) -> str:
+    """:func:`start_ids` as text, for prompts built as strings."""
+    ids = start_ids(tokenizer)
+    return tokenizer.decode(ids) if ids else ""
 
 
 class PromptRenderer:
