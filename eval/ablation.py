@@ -17,6 +17,8 @@ weights and combiner weights are fit on validation, so their validation numbers 
         --out eval/reports/ablation-ml-latest-small-seq.json  # the fused-seq rows alone
     python eval/ablation.py --only-suites ml-latest-small-history \
         --out eval/reports/ablation-ml-latest-small-history.json  # the history LM's rows
+    python eval/ablation.py --only-suites ml-latest-small-gemma \
+        --out eval/reports/ablation-ml-latest-small-gemma.json  # Gemma-3-270M's rows
 
 Fitted generators, candidate lists and LLM scores come from the evaluation cache that the
 suites named below fill (`llmrec evaluate eval/<suite>.yaml`); a missing piece is computed.
@@ -27,11 +29,12 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from exp_combiner import MOVIES_HEADER, combined_ranks, fit_best, load_likelihood, stage_features
+from scipy.special import log_softmax
 
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
@@ -66,7 +69,13 @@ HIST = "ml-latest-small-history"
 HIST_TUNED = "SmolLM2-135M history LM"
 HIST_ZERO = "SmolLM2-135M likelihood zero-shot"
 BOTH = "both LLMs"
-"""Combiner rows over the listwise adapter's scores and the history LM's (``llm_pmi``)."""
+"""Combiner rows over the row's reranker's scores and a second reranker's (``llm_pmi``)."""
+GEMMA = "ml-latest-small-gemma"
+GEMMA_TUNED = "Gemma-3-270M evidence tuned on fused-seq"
+ENSEMBLE = "mean with SmolLM2"
+"""Rows over the mean of the row's and the second reranker's log-softmax: nothing fit."""
+SECOND = {HIST: HIST_TUNED, GEMMA: SEQ_TUNED}
+"""The second reranker of a suite's both-LLM and ensemble rows."""
 
 ROWS = [
     Row("off", "zero-shot", "alone", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
@@ -171,6 +180,15 @@ ROWS = [
         HIST,
         SEQ_TUNED,
     ),
+    # A second base (finetune/evidence-seq-gemma-ml-latest-small.yaml): the same recipe on
+    # Gemma-3-270M, alone, fused, in the combiner, and averaged with the SmolLM2 adapter (two
+    # listwise readings of one list, nothing fit), or both in the learned combiner.
+    Row("on", "LoRA tuned", "alone", "Gemma-3-270M", GEMMA, GEMMA_TUNED),
+    Row("on", "LoRA tuned", "score fusion", "Gemma-3-270M", GEMMA, GEMMA_TUNED),
+    Row("on", "LoRA tuned", "learned + transitions", "Gemma-3-270M", GEMMA, GEMMA_TUNED),
+    Row("on", "LoRA tuned", ENSEMBLE, "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
+    Row("on", "LoRA tuned", f"score fusion, {ENSEMBLE}", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
+    Row("on", "LoRA tuned", "learned: order + both LLMs", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
 ]
 
 
@@ -178,6 +196,9 @@ def row_ranks(
     row: Row, valid: dict, test: dict, penalties: list[float]
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Every user's rank on validation and on test under ``row``, and what was fit on validation."""
+    if row.combiner.endswith(ENSEMBLE):
+        valid, test = _averaged(valid), _averaged(test)
+        row = replace(row, combiner=row.combiner.removesuffix(ENSEMBLE).removesuffix(", ") or "alone")
     if row.combiner == "alone":
         return (
             valid["scored"].ranks(valid["ranked"], valid["targets"]).ranks,
@@ -201,6 +222,15 @@ def row_ranks(
         names += ["llm_pmi" if "likelihood" in row.combiner else "llm"]
     _, l2, w = fit_best(valid, names, penalties)
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
+
+
+def _averaged(data: dict) -> dict:
+    """``data`` with its LLM scores replaced by their mean log-softmax with the second reranker's."""
+    first, second = data["scored"], data["second"]
+    if not np.array_equal(first.users, second.users):
+        raise SystemExit("the two rerankers scored different users; the ensemble needs the same lists")
+    scores = [(log_softmax(a) + log_softmax(b)) / 2 for a, b in zip(first.scores, second.scores, strict=True)]
+    return {**data, "scored": replace(first, scores=scores)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             if needs_likelihood and likelihood is None:
                 likelihood = load_likelihood(LIKELIHOOD_MODEL, MOVIES_HEADER)
             lk = likelihood if needs_likelihood else None
-            if any(r.combiner.endswith(BOTH) for r in same):  # the history LM's suite scores
-                lk = next(r for r in run.rerankers if r[0] == HIST_TUNED)
+            if any(r.combiner.endswith((BOTH, ENSEMBLE)) for r in same):  # the second's suite scores
+                lk = next(r for r in run.rerankers if r[0] == SECOND[row.suite])
             stages[(row.suite, row.reranker)] = (
                 stage_features(run, split, users, "valid", reranker, 20, likelihood=lk),
                 stage_features(run, split, users, "test", reranker, 20, likelihood=lk),
