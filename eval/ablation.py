@@ -34,12 +34,11 @@ from pathlib import Path
 
 import numpy as np
 from exp_combiner import MOVIES_HEADER, combined_ranks, fit_best, load_likelihood, stage_features
-from scipy.special import log_softmax
 
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import EvalRun, open_cache
-from llmrec.evaluation.llm_stage import choose_weight
+from llmrec.evaluation.llm_stage import choose_weight, mean_log_softmax
 from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
@@ -226,11 +225,7 @@ def row_ranks(
 
 def _averaged(data: dict) -> dict:
     """``data`` with its LLM scores replaced by their mean log-softmax with the second reranker's."""
-    first, second = data["scored"], data["second"]
-    if not np.array_equal(first.users, second.users):
-        raise SystemExit("the two rerankers scored different users; the ensemble needs the same lists")
-    scores = [(log_softmax(a) + log_softmax(b)) / 2 for a, b in zip(first.scores, second.scores, strict=True)]
-    return {**data, "scored": replace(first, scores=scores)}
+    return {**data, "scored": mean_log_softmax([data["scored"], data["second"]])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,10 +41,10 @@ from llmrec.evaluation.cache import data_fingerprint, digest
 from llmrec.evaluation.experiment import (
     EvalRun,
     FittedGenerators,
-    cached_llm_scores,
     histories_key,
     open_cache,
     ranked_users,
+    reranker_scores,
 )
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
@@ -142,7 +142,7 @@ def stage_features(
     hist = split.histories(stage, users)
     targets = split.target(stage)[users]
     ranked = ranked_users(run, gens, run.config.retriever, hist, targets, None, stage)
-    scored = cached_llm_scores(run, name, cfg, gens, ranked, hist, RerankParams(seed=run.config.seed))
+    scored = reranker_scores(run, name, cfg, gens, ranked, hist, RerankParams(seed=run.config.seed))
     fused = gens.get(run.config.retriever)  # fused, or fused-seq: components + transition
     if not hasattr(fused, "generators"):
         raise SystemExit(
@@ -172,7 +172,7 @@ def stage_features(
         feats[feature] = _zscore(picked(gen))
     pmi = None
     if isinstance(likelihood, tuple):  # a suite reranker: the same users, the same lists
-        pmi = cached_llm_scores(run, *likelihood, gens, ranked, hist, RerankParams(seed=run.config.seed))
+        pmi = reranker_scores(run, *likelihood, gens, ranked, hist, RerankParams(seed=run.config.seed))
         feats["llm_pmi"] = _zscore(np.nan_to_num(np.stack(pmi.scores)))
     elif likelihood is not None:
         feats["llm_pmi"] = _zscore(likelihood_feature(run, likelihood, split.catalog, shown, items))

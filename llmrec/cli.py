@@ -77,8 +77,10 @@ def config_options(cls: type[Settings], only: Sequence[str] = (), positional: Se
     def decorate(func: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):  # type: ignore[arg-type]
             hint, args = typing.get_origin(hints[f.name]), typing.get_args(hints[f.name])
-            yaml_only = (hint is dict and args != (str, str)) or (
-                hint is list and typing.get_origin(args[0]) is dict
+            yaml_only = (
+                f.metadata.get("yaml_only")
+                or (hint is dict and args != (str, str))
+                or (hint is list and typing.get_origin(args[0]) is dict)
             )
             if (only and f.name not in only) or yaml_only:
                 continue

@@ -37,11 +37,13 @@ RENAMED = {
 """Old setting names still accepted (with a warning) -> their one name today."""
 
 
-def setting(default: Any = None, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with its help text (the CLI shows it); list/dict defaults are copied."""
+def setting(default: Any = None, help: str = "", yaml_only: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (the CLI shows it, unless ``yaml_only``: a setting that
+    only means something inside a config file's structure); list/dict defaults are copied."""
+    meta = {"help": help, "yaml_only": yaml_only}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kwargs)
+    return field(default=default, metadata=meta, **kwargs)
 
 
 class Settings:

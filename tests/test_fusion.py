@@ -1,4 +1,5 @@
-"""Score fusion of the LLM's candidate scores with the retriever order, and its weight choice."""
+"""Score fusion of the LLM's candidate scores with the retriever order, its weight choice, and
+ensembles of rerankers."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from llmrec.candidates.base import Candidates
 from llmrec.config import RecommendConfig
 from llmrec.errors import ConfigError
 from llmrec.evaluation.config import EvalConfig
-from llmrec.evaluation.llm_stage import RerankScores, choose_weight
+from llmrec.evaluation.llm_stage import RerankScores, choose_weight, mean_log_softmax
 from llmrec.evaluation.retrieval import RankedUsers
 from llmrec.pipeline import fuse_with_retriever, rerank_order
 
@@ -59,3 +60,26 @@ def test_bad_fusion_settings_are_refused():
         EvalConfig(fusion_weights=[-0.5])
     with pytest.raises(ConfigError, match="stage"):
         EvalConfig(fusion_weights=[1.0], stage="valid")
+
+
+def test_an_ensemble_averages_log_probabilities_so_a_confident_member_is_not_drowned_by_scale():
+    # Member a's raw scores are on a far larger scale; as log-probabilities they weigh alike.
+    a, ranked, targets = _scored([[100.0, 101.0, 99.0], [0.0, 0.0, 0.0]], [0, 0])
+    b, _, _ = _scored([[0.0, -5.0, -5.0], [-1.0, -1.0, -1.0]], [0, 0])
+    both = mean_log_softmax([a, b])
+    # user 0: a prefers 1 by one nat, b prefers 0 by five: the mean follows b
+    assert both.ranks(ranked, targets).ranks[0] == 1
+    assert a.ranks(ranked, targets).ranks[0] == 2
+    np.testing.assert_allclose(np.exp(both.scores[1]).sum(), 1.0)  # uniform + uniform: still uniform
+    assert both.prompts == a.prompts + b.prompts
+    # an ensemble of one reranker with itself ranks as that reranker
+    np.testing.assert_array_equal(
+        mean_log_softmax([a, a]).ranks(ranked, targets).ranks, a.ranks(ranked, targets).ranks
+    )
+
+
+def test_an_ensemble_refuses_members_that_scored_other_lists():
+    a, _, _ = _scored([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]], [0, 0])
+    other = RerankScores(np.array([0, 5]), a.candidates, a.scores, 0.0, 2)
+    with pytest.raises(ValueError, match="same users"):
+        mean_log_softmax([a, other])

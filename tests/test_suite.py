@@ -46,6 +46,26 @@ def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
         ({"rerankers": [{"name": "a", "temperature": 0.5}]}, ["rerankers[0]", "temperature", "template"]),
         ({"rerankers": [{"name": "a"}], "metrics": ["ndcg@50"]}, ["ndcg@50", "LLM stage"]),
         ({"runs": [{"name": "x", "k_core": "five"}]}, ["k_core", "five"]),
+        # an ensemble names two or more earlier entries with a model, and sets no model itself
+        (
+            {"rerankers": [{"name": "a"}, {"name": "e", "ensemble": ["a", "b"]}]},
+            ["rerankers[1].ensemble", "b"],
+        ),
+        (
+            {"rerankers": [{"name": "a"}, {"name": "e", "ensemble": ["a"]}]},
+            ["rerankers[1].ensemble", "two or more"],
+        ),
+        (
+            {
+                "rerankers": [
+                    {"name": "a"},
+                    {"name": "b"},
+                    {"name": "e", "ensemble": ["a", "b"], "adapter": "x"},
+                ]
+            },
+            ["rerankers[2]", "adapter"],
+        ),
+        ({"ensemble": ["a", "b"], "rerankers": [{"name": "a"}]}, ["ensemble", "rerankers entry"]),
     ],
 )
 def test_bad_suite_files_fail_before_any_work_naming_the_key(tmp_path, values, names):
@@ -189,3 +209,34 @@ def test_llm_scores_are_cached_and_a_rerun_loads_no_model(tmp_path, ml_small_dir
     config.rerankers = [{"name": "zs", "template": "listwise", "dtype": "float32"}]
     third = run_evaluation(config)
     assert third["cache"]["llm-scores"]["misses"] == 1 and third["cache"]["candidates"]["misses"] == 0
+
+
+@pytest.mark.slow
+def test_an_ensemble_entry_reads_its_members_scores_and_loads_no_model_of_its_own(
+    tmp_path, ml_small_dir, smollm_dir
+):
+    from llmrec.evaluation.experiment import run_evaluation
+
+    member = {"template": "listwise_compact", "dtype": "float32", "fusion_weights": [1.0]}
+    config = EvalConfig(
+        dataset=str(ml_small_dir),
+        methods=["fused"],
+        max_users=40,
+        bootstrap=50,
+        rerankers=[
+            {"name": "a", **member},
+            {"name": "b", **member, "template": "listwise"},
+            {"name": "a twice", "ensemble": ["a", "a"], "fusion_weights": [1.0]},
+            {"name": "a+b", "ensemble": ["a", "b"], "fusion_weights": [1.0]},
+        ],
+        cache_dir=str(tmp_path),
+    )
+    report = json.loads(json.dumps(run_evaluation(config), default=float))
+    rerank = report["groups"]["all"]["rerank"]
+    rows = rerank["rows"]
+    # two models scored on test and on validation; the ensembles only read the cache
+    assert report["cache"]["llm-scores"]["misses"] == 4
+    assert rerank["rerankers"]["a+b"] == {"ensemble": ["a", "b"]}
+    # a reranker averaged with itself ranks exactly as it does alone
+    assert rows["fused + a twice"]["metrics"] == rows["fused + a"]["metrics"]
+    assert rows["fused + a+b"]["prompts"] == rows["fused + a"]["prompts"] + rows["fused + b"]["prompts"]

@@ -21,6 +21,7 @@ RERANKER_KEYS = (
     *(f.name for f in dataclasses.fields(ModelConfig)),
     "shuffles",
     "fusion_weights",
+    "ensemble",
 )
 """What one entry of ``rerankers`` may set."""
 _METRIC = re.compile(r"^(ndcg|recall|cand_recall|coverage|popularity)@(\d+)$")
@@ -51,6 +52,12 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
         [],
         "Several LLM rerankers in one run (YAML only): each a mapping with a name and any model "
         "settings (model, adapter, template, ...), shuffles and fusion_weights.",
+    )
+    ensemble: list[str] = setting(
+        [],
+        "A rerankers entry that averages earlier entries (YAML only): their names; its scores are "
+        "the mean of their log-softmax scores of each list (no model of its own).",
+        yaml_only=True,
     )
     metrics: list[str] = setting(
         [],
@@ -184,10 +191,14 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
         this config's own model settings when there are none."""
         if not self.rerank:
             return []
+        if self.ensemble:
+            raise ConfigError("is a setting of a rerankers entry", parameter="ensemble", value=self.ensemble)
         if not self.rerankers:
             return [(self.model, self)]
         base = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig) if f.name != "rerankers"
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(EvalConfig)
+            if f.name not in ("rerankers", "ensemble")
         }
         out: list[tuple[str, EvalConfig]] = []
         for i, entry in enumerate(self.rerankers):
@@ -202,6 +213,7 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
             name = str(entry.get("name") or entry.get("adapter") or entry.get("model") or f"llm{i}")
             if name in {n for n, _ in out}:
                 raise ConfigError("reranker names must be distinct", parameter=f"{where}.name", value=name)
+            self._check_ensemble(entry, where, out)
             values = {**base, **{k: v for k, v in entry.items() if k != "name"}, "rerank": True}
             defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
             for key in ("template", "max_prompt_tokens", "model"):  # the adapter's manifest may set them
@@ -209,6 +221,34 @@ class EvalConfig(ModelConfig, RetrieverConfig, DataConfig):
                     values[key] = defaults[key]
             out.append((name, from_dict(EvalConfig, values, where=where)))
         return out
+
+    @staticmethod
+    def _check_ensemble(entry: dict[str, Any], where: str, earlier: list[tuple[str, EvalConfig]]) -> None:
+        """An ``ensemble`` entry names two or more earlier model entries and sets no model of its own."""
+        members = entry.get("ensemble")
+        if members is None:
+            return
+        if not isinstance(members, list) or len(members) < 2:
+            raise ConfigError(
+                "must list the names of two or more earlier rerankers",
+                parameter=f"{where}.ensemble",
+                value=members,
+            )
+        models = {n: c for n, c in earlier if not c.ensemble}
+        missing = [m for m in members if m not in models]
+        if missing:
+            raise ConfigError(
+                f"not an earlier reranker with a model; earlier: {', '.join(models) or 'none'}",
+                parameter=f"{where}.ensemble",
+                value=missing,
+            )
+        own = sorted(set(entry) & {f.name for f in dataclasses.fields(ModelConfig)})
+        if own:
+            raise ConfigError(
+                "an ensemble reads its members' scores and takes no model settings",
+                parameter=where,
+                value=own,
+            )
 
 
 EMBEDDED_NAMES = ("ml-latest-small",)

@@ -390,7 +390,7 @@ def _rerank_rows(
     for name, cfg in run.rerankers:
         for shuffles in cfg.shuffles:
             params = RerankParams(shuffles=shuffles, seed=config.seed)
-            scored = cached_llm_scores(run, name, cfg, generators, ranked, histories, params)
+            scored = reranker_scores(run, name, cfg, generators, ranked, histories, params)
             label = f"{config.retriever} + {name}" + (f" (mean of {shuffles} shuffles)" if shuffles else "")
             result = scored.ranks(ranked, targets)
             rows[label] = summarize_rerank(label, result, ranked.ranks, config.ks) | {
@@ -402,7 +402,7 @@ def _rerank_rows(
             if v_ranked is None or not cfg.fusion_weights:
                 continue
             assert validation is not None
-            v_scored = cached_llm_scores(
+            v_scored = reranker_scores(
                 run, name, cfg, validation.generators, v_ranked, validation.histories, params
             )
             weights = sorted({0.0, *cfg.fusion_weights, math.inf})
@@ -426,14 +426,18 @@ def _rerank_rows(
             }
     out: dict[str, Any] = {
         "retriever": config.retriever,
-        "template": ", ".join(sorted({cfg.template for _, cfg in run.rerankers})),
+        "template": ", ".join(sorted({cfg.template for _, cfg in run.rerankers if not cfg.ensemble})),
         "rerankers": {
-            name: {
-                "model": cfg.model,
-                "adapter": cfg.adapter,
-                "template": cfg.template,
-                "backend": cfg.backend,
-            }
+            name: (
+                {"ensemble": cfg.ensemble}
+                if cfg.ensemble
+                else {
+                    "model": cfg.model,
+                    "adapter": cfg.adapter,
+                    "template": cfg.template,
+                    "backend": cfg.backend,
+                }
+            )
             for name, cfg in run.rerankers
         },
         "rows": rows,
@@ -441,6 +445,27 @@ def _rerank_rows(
     if fusion:
         out["fusion"] = fusion
     return out
+
+
+def reranker_scores(
+    run: EvalRun,
+    name: str,
+    cfg: EvalConfig,
+    generators: FittedGenerators,
+    ranked: RankedUsers,
+    histories: list[History],
+    params: Any,
+):
+    """The scores of reranker ``name``: its model's (:func:`cached_llm_scores`), or for an
+    ``ensemble`` entry the mean of its members' log-softmax scores of each list."""
+    if not cfg.ensemble:
+        return cached_llm_scores(run, name, cfg, generators, ranked, histories, params)
+    from llmrec.evaluation.llm_stage import mean_log_softmax
+
+    configs = dict(run.rerankers)
+    return mean_log_softmax(
+        [cached_llm_scores(run, m, configs[m], generators, ranked, histories, params) for m in cfg.ensemble]
+    )
 
 
 def cached_llm_scores(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,26 @@ class RerankScores:
         if len(self.users):
             lists[self.users] = order_candidates(self.candidates, self.scores, retriever_weight).items
         return lists
+
+
+def mean_log_softmax(members: Sequence[RerankScores]) -> RerankScores:
+    """An ensemble of rerankers' scores of the same lists: each list's mean of the members'
+    log-softmax scores (each member's scores made comparable as log-probabilities first)."""
+    from scipy.special import log_softmax
+
+    first = members[0]
+    for m in members[1:]:
+        if not np.array_equal(m.users, first.users) or not np.array_equal(
+            m.candidates.items, first.candidates.items
+        ):
+            raise ValueError("an ensemble's members must score the same users' same candidate lists")
+    scores = [np.mean([log_softmax(m.scores[i]) for m in members], axis=0) for i in range(len(first.users))]
+    return replace(
+        first,
+        scores=scores,
+        seconds=sum(m.seconds for m in members),
+        prompts=sum(m.prompts for m in members),
+    )
 
 
 def rerank_scores(
