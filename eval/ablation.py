@@ -19,6 +19,8 @@ weights and combiner weights are fit on validation, so their validation numbers 
         --out eval/reports/ablation-ml-latest-small-history.json  # the history LM's rows
     python eval/ablation.py --only-suites ml-latest-small-gemma \
         --out eval/reports/ablation-ml-latest-small-gemma.json  # Gemma-3-270M's rows
+    python eval/ablation.py --only-suites ml-latest-small-seeds \
+        --out eval/reports/ablation-ml-latest-small-seeds.json  # two seeds and their mean
 
 Fitted generators, candidate lists and LLM scores come from the evaluation cache that the
 suites named below fill (`llmrec evaluate eval/<suite>.yaml`); a missing piece is computed.
@@ -74,6 +76,9 @@ GEMMA_TUNED = "Gemma-3-270M evidence tuned on fused-seq"
 ENSEMBLE = "mean with SmolLM2"
 """Rows over the mean of the row's and the second reranker's log-softmax: nothing fit."""
 SECOND = {HIST: HIST_TUNED, GEMMA: SEQ_TUNED}
+SEEDS = "ml-latest-small-seeds"
+SEED1 = "SmolLM2-135M evidence tuned on fused-seq, seed 1"
+SEEDS_MEAN = "SmolLM2-135M evidence seeds 0+1 (mean)"
 """The second reranker of a suite's both-LLM and ensemble rows."""
 
 ROWS = [
@@ -188,6 +193,13 @@ ROWS = [
     Row("on", "LoRA tuned", ENSEMBLE, "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
     Row("on", "LoRA tuned", f"score fusion, {ENSEMBLE}", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
     Row("on", "LoRA tuned", "learned: order + both LLMs", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
+    # The same recipe on SmolLM2-135M with another seed (other windows, order, LoRA init), and
+    # the two seeds' ensemble (the suite's ensemble entry: mean log-softmax, nothing fit).
+    Row("on", "LoRA tuned, seed 1", "alone", "SmolLM2-135M", SEEDS, SEED1),
+    Row("on", "LoRA tuned, seed 1", "score fusion", "SmolLM2-135M", SEEDS, SEED1),
+    Row("on", "LoRA tuned, seeds 0+1 (mean)", "alone", "SmolLM2-135M", SEEDS, SEEDS_MEAN),
+    Row("on", "LoRA tuned, seeds 0+1 (mean)", "score fusion", "SmolLM2-135M", SEEDS, SEEDS_MEAN),
+    Row("on", "LoRA tuned, seeds 0+1 (mean)", "learned + transitions", "SmolLM2-135M", SEEDS, SEEDS_MEAN),
 ]
 
 
