@@ -76,10 +76,10 @@ GEMMA_TUNED = "Gemma-3-270M evidence tuned on fused-seq"
 ENSEMBLE = "mean with SmolLM2"
 """Rows over the mean of the row's and the second reranker's log-softmax: nothing fit."""
 SECOND = {HIST: HIST_TUNED, GEMMA: SEQ_TUNED}
+"""The second reranker of a suite's both-LLM and ensemble rows."""
 SEEDS = "ml-latest-small-seeds"
 SEED1 = "SmolLM2-135M evidence tuned on fused-seq, seed 1"
 SEEDS_MEAN = "SmolLM2-135M evidence seeds 0+1 (mean)"
-"""The second reranker of a suite's both-LLM and ensemble rows."""
 
 ROWS = [
     Row("off", "zero-shot", "alone", "SmolLM2-135M", "ml-latest-small", "SmolLM2-135M zero-shot"),
