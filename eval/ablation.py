@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from exp_combiner import MOVIES_HEADER, combined_ranks, fit_best, load_likelihoo
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import EvalRun, open_cache
-from llmrec.evaluation.llm_stage import choose_weight, mean_log_softmax
+from llmrec.evaluation.llm_stage import choose_weight
 from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
@@ -73,10 +73,10 @@ BOTH = "both LLMs"
 """Combiner rows over the row's reranker's scores and a second reranker's (``llm_pmi``)."""
 GEMMA = "ml-latest-small-gemma"
 GEMMA_TUNED = "Gemma-3-270M evidence tuned on fused-seq"
-ENSEMBLE = "mean with SmolLM2"
-"""Rows over the mean of the row's and the second reranker's log-softmax: nothing fit."""
+GEMMA_MEAN = "Gemma-3-270M + SmolLM2-135M (mean)"
+"""The Gemma suite's ensemble entry: mean log-softmax of its two adapters' scores, nothing fit."""
 SECOND = {HIST: HIST_TUNED, GEMMA: SEQ_TUNED}
-"""The second reranker of a suite's both-LLM and ensemble rows."""
+"""The second reranker of a suite's both-LLM rows."""
 SEEDS = "ml-latest-small-seeds"
 SEED1 = "SmolLM2-135M evidence tuned on fused-seq, seed 1"
 SEEDS_MEAN = "SmolLM2-135M evidence seeds 0+1 (mean)"
@@ -185,13 +185,14 @@ ROWS = [
         SEQ_TUNED,
     ),
     # A second base (finetune/evidence-seq-gemma-ml-latest-small.yaml): the same recipe on
-    # Gemma-3-270M, alone, fused, in the combiner, and averaged with the SmolLM2 adapter (two
-    # listwise readings of one list, nothing fit), or both in the learned combiner.
+    # Gemma-3-270M, alone, fused, in the combiner, and averaged with the SmolLM2 adapter (the
+    # suite's ensemble entry: two listwise readings of one list, nothing fit), or both in the
+    # learned combiner.
     Row("on", "LoRA tuned", "alone", "Gemma-3-270M", GEMMA, GEMMA_TUNED),
     Row("on", "LoRA tuned", "score fusion", "Gemma-3-270M", GEMMA, GEMMA_TUNED),
     Row("on", "LoRA tuned", "learned + transitions", "Gemma-3-270M", GEMMA, GEMMA_TUNED),
-    Row("on", "LoRA tuned", ENSEMBLE, "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
-    Row("on", "LoRA tuned", f"score fusion, {ENSEMBLE}", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
+    Row("on", "LoRA tuned", "alone", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_MEAN),
+    Row("on", "LoRA tuned", "score fusion", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_MEAN),
     Row("on", "LoRA tuned", "learned: order + both LLMs", "Gemma-3-270M + SmolLM2-135M", GEMMA, GEMMA_TUNED),
     # The same recipe on SmolLM2-135M with another seed (other windows, order, LoRA init), and
     # the two seeds' ensemble (the suite's ensemble entry: mean log-softmax, nothing fit).
@@ -207,9 +208,6 @@ def row_ranks(
     row: Row, valid: dict, test: dict, penalties: list[float]
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Every user's rank on validation and on test under ``row``, and what was fit on validation."""
-    if row.combiner.endswith(ENSEMBLE):
-        valid, test = _averaged(valid), _averaged(test)
-        row = replace(row, combiner=row.combiner.removesuffix(ENSEMBLE).removesuffix(", ") or "alone")
     if row.combiner == "alone":
         return (
             valid["scored"].ranks(valid["ranked"], valid["targets"]).ranks,
@@ -233,11 +231,6 @@ def row_ranks(
         names += ["llm_pmi" if "likelihood" in row.combiner else "llm"]
     _, l2, w = fit_best(valid, names, penalties)
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
-
-
-def _averaged(data: dict) -> dict:
-    """``data`` with its LLM scores replaced by their mean log-softmax with the second reranker's."""
-    return {**data, "scored": mean_log_softmax([data["scored"], data["second"]])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             if needs_likelihood and likelihood is None:
                 likelihood = load_likelihood(LIKELIHOOD_MODEL, MOVIES_HEADER)
             lk = likelihood if needs_likelihood else None
-            if any(r.combiner.endswith((BOTH, ENSEMBLE)) for r in same):  # the second's suite scores
+            if any(r.combiner.endswith(BOTH) for r in same):  # the second's suite scores
                 lk = next(r for r in run.rerankers if r[0] == SECOND[row.suite])
             stages[(row.suite, row.reranker)] = (
                 stage_features(run, split, users, "valid", reranker, 20, likelihood=lk),

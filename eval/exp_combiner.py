@@ -130,7 +130,7 @@ def stage_features(
     ``encoders``: feature name -> fitted embedding generator, one similarity feature each.
     ``likelihood``: a :class:`~llmrec.llm.likelihood.CandidateLikelihood`, or another
     ``(name, config)`` reranker of the suite (its cached suite scores, e.g. the history LM's, or a
-    second listwise adapter's; also returned as ``second``): feature ``llm_pmi``.
+    second listwise adapter's): feature ``llm_pmi``.
     """
     name, cfg = reranker
     split_key = digest("loo", run.fingerprint, run.config.order)
@@ -170,7 +170,6 @@ def stage_features(
     feats["llm_short"] = feats["llm"] * is_short
     for feature, gen in (encoders or {}).items():
         feats[feature] = _zscore(picked(gen))
-    pmi = None
     if isinstance(likelihood, tuple):  # a suite reranker: the same users, the same lists
         pmi = reranker_scores(run, *likelihood, gens, ranked, hist, RerankParams(seed=run.config.seed))
         feats["llm_pmi"] = _zscore(np.nan_to_num(np.stack(pmi.scores)))
@@ -183,7 +182,6 @@ def stage_features(
         "target": target_pos,
         "ranked": ranked,
         "scored": scored,
-        "second": pmi,  # the other suite reranker's scores, when ``likelihood`` names one
         "targets": targets,
     }
 
