@@ -186,21 +186,17 @@ def stage_features(
     }
 
 
-def load_likelihood(model: str | None, header: str, adapter: str | None = None):
-    """A candidate-likelihood scorer over ``model`` (with a history-LM ``adapter``, e.g.
-    ``finetune/adapters/history-ml-latest-small/adapter``) in float32 (None: no likelihood
-    feature)."""
+def load_likelihood(model: str | None, header: str):
+    """A candidate-likelihood scorer over ``model`` in float32 (None: no likelihood feature). A
+    tuned history LM is read as a suite reranker instead (``--likelihood-reranker``)."""
     if model is None:
         return None
-    from llmrec.evaluation.cache import file_digest
     from llmrec.llm.likelihood import CandidateLikelihood
     from llmrec.llm.transformers_backend import TransformersBackend, TransformersConfig
 
-    backend = TransformersBackend(TransformersConfig(model=model, adapter=adapter, dtype="float32"))
+    backend = TransformersBackend(TransformersConfig(model=model, dtype="float32"))
     params = LikelihoodParams(header=header.replace("\\n", "\n"))
-    files = [] if adapter is None else [p for p in Path(adapter).iterdir() if p.is_file()]
-    name = model if adapter is None else f"{model}+{file_digest(files)}"
-    return CandidateLikelihood(backend.model, backend.tokenizer, params, model_name=name)
+    return CandidateLikelihood(backend.model, backend.tokenizer, params, model_name=model)
 
 
 def fit_combiner(data: dict, names: list[str], l2: float) -> np.ndarray:
@@ -322,10 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         "the likelihood feature, read from the suite's cache (instead of --likelihood-model)",
     )
     parser.add_argument(
-        "--likelihood-adapter",
-        help="a history-LM adapter folder for --likelihood-model (finetune task: history)",
-    )
-    parser.add_argument(
         "--likelihood-header",
         default=MOVIES_HEADER,
         help="the line before the history in the likelihood prompt (\\n: a newline)",
@@ -343,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reranker {args.reranker!r} is not in {args.suite}; its rerankers: {names}")
     reranker = run.rerankers[names.index(args.reranker) if args.reranker else 0]
     encoders = fit_encoders(args.item_encoders, TrainData(split.catalog, split.sequences("test")))
-    likelihood = load_likelihood(args.likelihood_model, args.likelihood_header, args.likelihood_adapter)
+    likelihood = load_likelihood(args.likelihood_model, args.likelihood_header)
     if args.likelihood_reranker is not None:
         if args.likelihood_reranker not in names:
             parser.error(
