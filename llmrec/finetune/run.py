@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from datasets import Dataset
 
 from llmrec.candidates import CandidateGenerator, TrainData, make_generator
 from llmrec.data import cross_domain_split, leave_one_out
@@ -42,8 +43,22 @@ def run_finetune(config: FinetuneConfig) -> Path:
     if config.task == "history":
         return _run_history(config, split, retriever, tokenizer, users)
     renderer = PromptRenderer(template, tokenizer, config.max_prompt_tokens)
-    allowed = split.catalog.domain_mask(config.target)
-    examples = build_examples(
+    examples = ranking_examples(config, split, retriever, renderer, users)
+    logger.info("%d training examples from %s", len(examples), config.dataset)
+    return finetune(config, examples, _evaluator(config, split, retriever, template))
+
+
+def ranking_examples(
+    config: FinetuneConfig,
+    split: LeaveOneOutSplit,
+    retriever: CandidateGenerator,
+    renderer: PromptRenderer,
+    users: np.ndarray | None = None,
+) -> Dataset:
+    """The ranking task's training examples as ``config`` builds them (candidates, order,
+    windows, seed; with ``retriever_before_targets`` from a retriever fit without the targets),
+    rendered by ``renderer``; ``retriever`` is the validation-stage one."""
+    return build_examples(
         split,
         None,
         _example_retriever(split, retriever, config),
@@ -54,10 +69,8 @@ def run_finetune(config: FinetuneConfig) -> Path:
         candidate_order=config.candidate_order,
         users=users,
         seed=config.seed,
-        allowed=allowed,
+        allowed=split.catalog.domain_mask(config.target),
     )
-    logger.info("%d training examples from %s", len(examples), config.dataset)
-    return finetune(config, examples, _evaluator(config, split, retriever, template))
 
 
 def _run_history(
