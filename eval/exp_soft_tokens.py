@@ -48,6 +48,7 @@ from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
 from llmrec.finetune.config import FinetuneConfig
+from llmrec.finetune.model import attach_adapter
 from llmrec.finetune.run import ranking_examples
 from llmrec.io import atomic_write_json
 from llmrec.llm.backend import label_token_ids
@@ -199,19 +200,11 @@ def mf_factors(split, seed: int) -> np.ndarray:
 def load_soft_model(path: str, factors: np.ndarray, adapter: Path | None, config: FinetuneConfig):
     """SmolLM2 in bf16 with a fresh LoRA (the recipe's) or ``adapter``, and the projection."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
 
     model = load_causal_lm(path, "none", "cpu", torch.bfloat16)
     if adapter is None:
-        torch.manual_seed(config.seed)
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=list(config.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = attach_adapter(model, config, "cpu")
         for p in model.parameters():  # fp32 LoRA weights, bf16 compute (as the recipe)
             if p.requires_grad:
                 p.data = p.data.float()
