@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from llmrec.candidates.base import TrainData
 from llmrec.candidates.embedding import DEFAULT_ENCODER, EmbeddingGenerator
 from llmrec.data import leave_one_out
-from llmrec.evaluation.cache import data_fingerprint, digest
+from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import (
     EvalRun,
     FittedGenerators,
@@ -49,6 +49,7 @@ from llmrec.evaluation.experiment import (
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
+from llmrec.hashing import digest
 from llmrec.io import atomic_write_json, atomic_write_text
 from llmrec.llm.likelihood import LikelihoodParams
 from llmrec.llm.models import resolve_model

@@ -14,10 +14,11 @@ import yaml
 
 from llmrec.data.catalog import History
 from llmrec.errors import ConfigError
-from llmrec.evaluation.cache import EvalCache, digest
+from llmrec.evaluation.cache import EvalCache
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.slices import beyond_accuracy, history_bins, user_slices
 from llmrec.evaluation.suite import comparable, differences, load_suite, run_suite
+from llmrec.hashing import digest
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"name": "small", "dataset": "ml-latest-small", "methods": ["popularity", "itemknn"], "bootstrap": 50}

@@ -62,7 +62,7 @@ class TextEncoder:
 
     def fingerprint(self) -> str:
         """What decides the vectors besides the texts: the model's files (by content when local)."""
-        from llmrec.evaluation.cache import digest, file_digest
+        from llmrec.hashing import digest, file_digest
 
         folder = Path(self.path)
         if not folder.is_dir():

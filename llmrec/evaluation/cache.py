@@ -13,22 +13,19 @@ import contextlib
 import functools
 import hashlib
 import io
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llmrec.io import atomic_dir, jsonable
+from llmrec.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
-"""Part of every key: bumped when what an entry holds changes meaning."""
 _SECONDS = "_compute_seconds"
 """Stored beside every entry: what computing it took."""
 
@@ -39,28 +36,6 @@ def default_cache_dir() -> Path:
     from llmrec.llm.models import cache_dir
 
     return Path(os.environ.get("LLMREC_EVAL_CACHE") or cache_dir() / "eval")
-
-
-def digest(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts; numpy arrays are hashed by dtype, shape and bytes."""
-    h = hashlib.sha256(str(FORMAT).encode())
-    for part in parts:
-        _feed(h, part)
-    return h.hexdigest()[:20]
-
-
-def _feed(h: Any, part: Any) -> None:
-    if isinstance(part, np.ndarray):
-        arr = np.ascontiguousarray(part)
-        h.update(f"nd:{arr.dtype.str}:{arr.shape}".encode())
-        h.update(arr.tobytes() if arr.dtype != object else json.dumps(arr.tolist()).encode())
-    elif isinstance(part, (list, tuple)) and any(isinstance(p, np.ndarray) for p in part):
-        h.update(f"seq:{len(part)}".encode())
-        for p in part:
-            _feed(h, p)
-    else:
-        h.update(json.dumps(part, sort_keys=True, default=jsonable).encode())
-    h.update(b"|")
 
 
 @functools.cache
@@ -79,17 +54,6 @@ def blas_kernels() -> tuple[str, ...]:
         if lib.get("user_api") == "blas"
     }
     return tuple(sorted(found))
-
-
-def file_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
-    """Hash of the bytes of files (an adapter's weights and config, a template)."""
-    h = hashlib.sha256()
-    for path in sorted(map(Path, paths)):
-        h.update(path.name.encode())
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:20]
 
 
 def data_fingerprint(data: Any) -> str:

@@ -26,12 +26,13 @@ from llmrec.data.catalog import History
 from llmrec.data.schema import RecDataset
 from llmrec.data.split import items_first_seen_late, sampled_new_items
 from llmrec.errors import ConfigError
-from llmrec.evaluation.cache import EvalCache, blas_kernels, data_fingerprint, default_cache_dir, digest
+from llmrec.evaluation.cache import EvalCache, blas_kernels, data_fingerprint, default_cache_dir
 from llmrec.evaluation.config import EvalConfig
 from llmrec.evaluation.metrics import summarize_ranks
 from llmrec.evaluation.retrieval import MethodResult, RankedUsers, rank_methods, rank_users, summarize
 from llmrec.evaluation.slices import beyond_accuracy, user_slices
 from llmrec.evaluation.stats import uncertainty
+from llmrec.hashing import digest
 
 logger = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ def rerank_scores(
 def reranker_fingerprint(config: ModelConfig) -> dict[str, Any]:
     """What decides an LLM's scores besides its input: model, adapter and template (by content
     where they are files), engine, dtype and device as resolved on this machine, prompt budget."""
-    from llmrec.evaluation.cache import file_digest
+    from llmrec.hashing import file_digest
     from llmrec.llm.models import pick_device, resolve_dtype
     from llmrec.llm.prompting import PromptTemplate
 

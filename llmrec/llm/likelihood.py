@@ -94,7 +94,7 @@ class CandidateLikelihood:
     def key(self) -> str:
         """What the scores depend on besides the inputs: model name and prompt parameters (a
         cache key part)."""
-        from llmrec.evaluation.cache import digest
+        from llmrec.hashing import digest
 
         p = self.params
         return digest(self.model_name, p.header, p.max_history, p.max_title_chars)

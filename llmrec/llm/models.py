@@ -164,7 +164,7 @@ def merged_model(model: str, adapter: str | os.PathLike[str]) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llmrec.evaluation.cache import digest, file_digest
+    from llmrec.hashing import digest, file_digest
 
     folder = check_adapter_folder(adapter)
     base = resolve_model(model)
