@@ -74,7 +74,8 @@ MOVIES_HEADER = "A user's favourite movies, one per line:\n"
 """The likelihood prompt's first line on the MovieLens suites (``--likelihood-header``'s default)."""
 
 
-def _zscore(v: np.ndarray) -> np.ndarray:
+def zscore(v: np.ndarray) -> np.ndarray:
+    """Each row standardised (a list's scores on one scale, whatever the generator's)."""
     return (v - v.mean(1, keepdims=True)) / (v.std(1, keepdims=True) + 1e-9)
 
 
@@ -161,21 +162,21 @@ def stage_features(
     # Sequential evidence (llmrec.candidates.transition): fused-seq's own component, else fit on
     # the same training part; log-scaled, as its frequencies span orders of magnitude.
     transition = parts.pop("transition", None) or gens.get("transition")
-    feats = {name: _zscore(picked(comp)) for name, comp in parts.items()}
+    feats = {name: zscore(picked(comp)) for name, comp in parts.items()}
     k = items.shape[1]
     feats["position"] = np.tile(np.log(1.0 / np.arange(1, k + 1)), (len(sel), 1))
-    feats["popularity"] = _zscore(np.log1p(fused.item_counts[safe]))
-    feats["transition"] = _zscore(np.log(picked(transition) + 1e-4))
+    feats["popularity"] = zscore(np.log1p(fused.item_counts[safe]))
+    feats["transition"] = zscore(np.log(picked(transition) + 1e-4))
     feats["llm"] = np.stack([log_softmax(x) for x in scored.scores])
     is_short = np.array([len(h.items) <= short for h in shown], dtype=float)[:, None]
     feats["llm_short"] = feats["llm"] * is_short
     for feature, gen in (encoders or {}).items():
-        feats[feature] = _zscore(picked(gen))
+        feats[feature] = zscore(picked(gen))
     if isinstance(likelihood, tuple):  # a suite reranker: the same users, the same lists
         pmi = reranker_scores(run, *likelihood, gens, ranked, hist, RerankParams(seed=run.config.seed))
-        feats["llm_pmi"] = _zscore(np.nan_to_num(np.stack(pmi.scores)))
+        feats["llm_pmi"] = zscore(np.nan_to_num(np.stack(pmi.scores)))
     elif likelihood is not None:
-        feats["llm_pmi"] = _zscore(likelihood_feature(run, likelihood, split.catalog, shown, items))
+        feats["llm_pmi"] = zscore(likelihood_feature(run, likelihood, split.catalog, shown, items))
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
         "sel": sel,

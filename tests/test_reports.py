@@ -151,5 +151,12 @@ def test_cold_start_grid_report_marks_the_validation_choice_and_renders_its_tabl
         assert valid[run["chosen_on_validation"]] == max(valid.values())
         mean, low, high = run["rows"][run["chosen_on_validation"]]["test"]["recall@20"]
         assert low <= mean <= high
+        learned = run["learned"]
+        assert learned["features"] == ["position", *exp_cold.LEARNED, "popularity", "embedding"]
+        assert all(setting in settings for setting in exp_cold.LEARNED.values())
+        fit = learned["fit_on_validation"]
+        assert fit["l2"] in exp_cold.PENALTIES and len(fit["weights"]) == len(learned["features"])
+        # No combination reorders a held-out item into the top 20 that its pool does not hold.
+        assert fit["test"]["recall@20"][0] <= learned["pool_recall"]["test"]
     committed = (REPORTS / "cold-grid-arts-office.md").read_text(encoding="utf-8")
     assert exp_cold.markdown(results) == committed
