@@ -233,6 +233,20 @@ def row_ranks(
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
 
 
+def stage_summary(ranks: np.ndarray, stage: dict, resamples: int, seed: int) -> dict:
+    """NDCG@10 of every user's ``ranks`` at one stage (:func:`stage_features`'s ``stage``),
+    beside the retriever's, with 95% CIs and the paired difference."""
+    nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(stage["ranked"].ranks, 10)
+    idx = bootstrap_indices(len(nd), resamples, seed)
+    return {
+        "users": len(nd),
+        "retrieved": len(stage["sel"]),
+        "ndcg@10": mean_ci(nd, idx),
+        "retriever_ndcg@10": mean_ci(ref, idx),
+        "diff_vs_retriever": paired_difference(nd, ref, idx),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suites", type=Path, default=Path("eval"), help="folder holding the suite files")
@@ -278,18 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         name = retriever[(row.suite, row.reranker)]
         out = {"row": row.__dict__, "retriever": name, "fit_on_validation": fitted}
         for stage, data_, ranks in (("valid", valid, v_ranks), ("test", test, t_ranks)):
-            nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(data_["ranked"].ranks, 10)
+            ref = ndcg_at_k(data_["ranked"].ranks, 10)
             if (name, stage) in base:  # suites with one retriever share its ranks: check, not assume
                 assert np.array_equal(base[(name, stage)], ref), f"{row.suite}: another {name} on {stage}"
             base[(name, stage)] = ref
-            idx = bootstrap_indices(len(nd), resamples, seed)
-            out[stage] = {
-                "users": len(nd),
-                "retrieved": len(data_["sel"]),
-                "ndcg@10": mean_ci(nd, idx),
-                "retriever_ndcg@10": mean_ci(ref, idx),
-                "diff_vs_retriever": paired_difference(nd, ref, idx),
-            }
+            out[stage] = stage_summary(ranks, data_, resamples, seed)
         results.append(out)
 
     def cell(r: dict, stage: str, in_sample: bool) -> list[str]:

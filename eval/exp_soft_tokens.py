@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ablation import stage_summary
 from bench_train import cpu_flags, cpu_name
 from exp_combiner import stage_features
 
@@ -44,8 +45,6 @@ from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import EvalRun, open_cache
 from llmrec.evaluation.llm_stage import choose_weight
-from llmrec.evaluation.metrics import ndcg_at_k
-from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
 from llmrec.finetune.config import FinetuneConfig
 from llmrec.finetune.model import attach_adapter
@@ -320,14 +319,7 @@ def evaluate(config: FinetuneConfig, adapter: Path, suite_path: str) -> dict:
     for label, w in (("alone", 0.0), ("score fusion", weight)):
         for stage, d in stages.items():
             ranks = d["scored"].ranks(d["ranked"], d["targets"], w).ranks
-            nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(d["ranked"].ranks, 10)
-            idx = bootstrap_indices(len(nd), run_config.bootstrap, run_config.seed)
-            out["rows"][f"{label}, {stage}"] = {
-                "users": len(nd),
-                "ndcg@10": mean_ci(nd, idx),
-                "retriever_ndcg@10": float(ref.mean()),
-                "diff_vs_retriever": paired_difference(nd, ref, idx),
-            }
+            out["rows"][f"{label}, {stage}"] = stage_summary(ranks, d, run_config.bootstrap, run_config.seed)
     return out
 
 
@@ -337,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--suite", default=SUITE)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/soft-tokens-ml-latest-small"))
-    parser.add_argument("--skip-training", action="store_true", help="evaluate the adapter in --run-dir")
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="evaluate the adapter in --run-dir (an existing --out keeps its training section)",
+    )
     parser.add_argument("--no-soft-tokens", action="store_true", help="the control: same loop, plain prompt")
     parser.add_argument("--out", type=Path, default=Path("eval/results/soft-tokens-ml-latest-small.json"))
     args = parser.parse_args(argv)
@@ -352,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         "flags": cpu_flags(),
     }
     adapter = args.run_dir / "adapter"
+    if args.skip_training and args.out.is_file():  # re-evaluated: keep the record of its training
+        kept = json.loads(args.out.read_text(encoding="utf-8")).get("training")
+        if kept is not None:
+            result["training"] = kept
     if not args.skip_training:
         adapter.mkdir(parents=True, exist_ok=True)
         split = leave_one_out(pipeline.prepare_data(config), order=config.order)
