@@ -234,8 +234,9 @@ def row_ranks(
 
 
 def stage_summary(ranks: np.ndarray, stage: dict, resamples: int, seed: int) -> dict:
-    """NDCG@10 of every user's ``ranks`` at one stage (:func:`stage_features`'s ``stage``),
-    beside the retriever's, with 95% CIs and the paired difference."""
+    """NDCG@10 of every user's ``ranks`` at one stage (``stage``: what
+    ``exp_combiner.stage_features`` returns for it), beside the retriever's, with 95% CIs and
+    the paired difference."""
     nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(stage["ranked"].ranks, 10)
     idx = bootstrap_indices(len(nd), resamples, seed)
     return {

@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-training",
         action="store_true",
-        help="evaluate the adapter in --run-dir (an existing --out keeps its training section)",
+        help="evaluate the adapter in --run-dir (its training.json, if any, becomes the training section)",
     )
     parser.add_argument("--no-soft-tokens", action="store_true", help="the control: same loop, plain prompt")
     parser.add_argument("--out", type=Path, default=Path("eval/results/soft-tokens-ml-latest-small.json"))
@@ -348,14 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         "flags": cpu_flags(),
     }
     adapter = args.run_dir / "adapter"
-    if args.skip_training and args.out.is_file():  # re-evaluated: keep the record of its training
-        kept = json.loads(args.out.read_text(encoding="utf-8")).get("training")
-        if kept is not None:
-            result["training"] = kept
+    record = args.run_dir / "training.json"  # the training record travels with its adapter
+    if args.skip_training and record.is_file():
+        result["training"] = json.loads(record.read_text(encoding="utf-8"))
     if not args.skip_training:
         adapter.mkdir(parents=True, exist_ok=True)
         split = leave_one_out(pipeline.prepare_data(config), order=config.order)
         result["training"] = train(config, split, args.steps, adapter, slots=not args.no_soft_tokens)
+        atomic_write_json(record, result["training"])
     start = time.perf_counter()
     result["evaluation"] = evaluate(config, adapter, args.suite)
     result["evaluation"]["seconds"] = round(time.perf_counter() - start, 1)
