@@ -87,15 +87,19 @@ def grid() -> dict[str, Callable[[], CandidateGenerator]]:
     return out
 
 
+def cold_users(cd: CrossDomainSplit, stage: str) -> tuple[list, np.ndarray]:
+    """The cold users' source histories at ``stage`` and their held-out target items."""
+    users = cd.users("cold", stage)
+    return cd.histories("cold", stage, users), cd.target_split.target(stage)[users]
+
+
 def cold_stage(
     cd: CrossDomainSplit, stage: str, settings: dict
 ) -> tuple[dict[str, np.ndarray], dict[str, CandidateGenerator]]:
     """Setting -> 1-based rank of each cold user's held-out target item at ``stage``, and the
     generators fit on ``stage``'s training part."""
     train = TrainData(cd.catalog, cd.fit_sequences(stage))
-    users = cd.users("cold", stage)
-    histories = cd.histories("cold", stage, users)
-    targets = cd.target_split.target(stage)[users]
+    histories, targets = cold_users(cd, stage)
     generators = {name: make().fit(train) for name, make in settings.items()}
     ranked = rank_methods(generators, histories, targets, cd.catalog.domain_mask(cd.target))
     return {name: r.ranks for name, r in ranked.items()}, generators
@@ -107,11 +111,9 @@ def pool_features(
     """The learned combination's data at ``stage`` (``exp_combiner``'s layout): every cold
     user's target rank under the pool's base generator, and for the users whose target is in
     their pool, per-candidate features and the target's pool position."""
-    users = cd.users("cold", stage)
-    histories = cd.histories("cold", stage, users)
-    targets = cd.target_split.target(stage)[users]
+    histories, targets = cold_users(cd, stage)
     allowed = cd.catalog.domain_mask(cd.target)
-    rows = np.arange(len(users))[:, None]
+    rows = np.arange(len(targets))[:, None]
     scores = {
         feature: generators[setting].masked_scores(histories, allowed=allowed)
         for feature, setting in LEARNED.items()
@@ -123,7 +125,7 @@ def pool_features(
     sel = np.flatnonzero(ranks <= POOL)
     counts = generators["popularity"].item_counts
     feats = {name: zscore(np.nan_to_num(v[rows, items], neginf=0.0)) for name, v in scores.items()}
-    feats["position"] = np.tile(np.log(1.0 / np.arange(1, POOL + 1)), (len(users), 1))
+    feats["position"] = np.tile(np.log(1.0 / np.arange(1, POOL + 1)), (len(targets), 1))
     feats["popularity"] = zscore(np.log1p(counts[items]))
     return {
         "sel": sel,
@@ -154,10 +156,9 @@ def stage_numbers(valid: np.ndarray, test: np.ndarray, test_pop: np.ndarray, idx
 
 def learned(cd: CrossDomainSplit, fitted: dict, idx: np.ndarray, test_pop: np.ndarray) -> dict:
     """The learned combination: fit on validation (the result), and in-sample on test."""
-    data = {}
-    for stage, generators in fitted.items():
-        train = TrainData(cd.catalog, cd.fit_sequences(stage))
-        data[stage] = pool_features(cd, stage, generators, EmbeddingGenerator().fit(train))
+    # Item vectors depend on the catalog's texts only, so one fit serves both stages.
+    embedding = EmbeddingGenerator().fit(TrainData(cd.catalog, cd.fit_sequences("test")))
+    data = {stage: pool_features(cd, stage, generators, embedding) for stage, generators in fitted.items()}
     names = ["position", *LEARNED, "popularity", "embedding"]
     _, l2, w = fit_best(data["valid"], names, PENALTIES)
     v, t = combined_ranks(data["valid"], names, w), combined_ranks(data["test"], names, w)
@@ -203,26 +204,28 @@ def direction(config, data, settings: dict) -> dict:
     }
 
 
-def diff_cell(d: list[float]) -> str:
-    """A paired difference with its CI, bold when the CI excludes 0."""
+def table_row(label: str, row: dict) -> str:
+    """One table line of :func:`stage_numbers`'s numbers; the difference bold when its CI excludes 0."""
+    r, n, d = row["test"]["recall@20"], row["test"]["ndcg@10"], row["test"]["ndcg@10 vs popularity"]
     diff = f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
-    return f"**{diff}**" if d[1] > 0 or d[2] < 0 else diff
+    if d[1] > 0 or d[2] < 0:
+        diff = f"**{diff}**"
+    return (
+        f"| {label} | {row['valid']['recall@20']:.4f} | {row['valid']['ndcg@10']:.4f} | "
+        f"{r[0]:.4f} [{r[1]:.4f}, {r[2]:.4f}] | {n[0]:.4f} [{n[1]:.4f}, {n[2]:.4f}] | {diff} |"
+    )
 
 
 def learned_rows(res: dict) -> list[str]:
     """The learned combination's two rows (the in-sample fit on test is not a result) and what
     its pool holds."""
     fit, bound = res["fit_on_validation"], res["fit_on_test_in_sample"]
-    r, n, d = fit["test"]["recall@20"], fit["test"]["ndcg@10"], fit["test"]["ndcg@10 vs popularity"]
-    diff = diff_cell(d)
     return [
-        f"| learned combination, fit on validation (l2={fit['l2']:g}; validation in-sample) | "
-        f"{fit['valid']['recall@20']:.4f} | {fit['valid']['ndcg@10']:.4f} | "
-        f"{r[0]:.4f} [{r[1]:.4f}, {r[2]:.4f}] | {n[0]:.4f} [{n[1]:.4f}, {n[2]:.4f}] | {diff} |",
+        table_row(f"learned combination, fit on validation (l2={fit['l2']:g}; validation in-sample)", fit),
         "| learned combination, fit in-sample on test (best penalty per metric; not a result) | - | - | "
         f"{bound['recall@20']:.4f} | {bound['ndcg@10']:.4f} | - |",
         "",
-        f"Learned combination: the top {res['pool']} of `cross-userknn decay=0.9 power=0.5` per user "
+        f"Learned combination: the top {res['pool']} of `{LEARNED['cross-userknn']}` per user "
         f"(it holds {res['pool_recall']['valid']:.1%} of the validation and "
         f"{res['pool_recall']['test']:.1%} of the test targets), reordered by a listwise linear "
         f"model over {', '.join(f'`{f}`' for f in res['features'])}.",
@@ -246,12 +249,7 @@ def markdown(results: dict) -> str:
         for name, row in res["rows"].items():
             mark = " **(chosen on validation)**" if name == res["chosen_on_validation"] else ""
             mark += " (best on test)" if name == res["best_on_test"] else ""
-            r, n, d = row["test"]["recall@20"], row["test"]["ndcg@10"], row["test"]["ndcg@10 vs popularity"]
-            diff = diff_cell(d)
-            out.append(
-                f"| {name}{mark} | {row['valid']['recall@20']:.4f} | {row['valid']['ndcg@10']:.4f} | "
-                f"{r[0]:.4f} [{r[1]:.4f}, {r[2]:.4f}] | {n[0]:.4f} [{n[1]:.4f}, {n[2]:.4f}] | {diff} |"
-            )
+            out.append(table_row(f"{name}{mark}", row))
         out.extend(learned_rows(res["learned"]))
         out.append("")
     out.append("Bold difference: the paired 95% CI excludes 0.")

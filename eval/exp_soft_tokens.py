@@ -349,9 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     adapter = args.run_dir / "adapter"
     record = args.run_dir / "training.json"  # the training record travels with its adapter
-    if args.skip_training and record.is_file():
-        result["training"] = json.loads(record.read_text(encoding="utf-8"))
-    if not args.skip_training:
+    if args.skip_training:
+        if record.is_file():
+            result["training"] = json.loads(record.read_text(encoding="utf-8"))
+    else:
         adapter.mkdir(parents=True, exist_ok=True)
         split = leave_one_out(pipeline.prepare_data(config), order=config.order)
         result["training"] = train(config, split, args.steps, adapter, slots=not args.no_soft_tokens)
