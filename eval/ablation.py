@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from exp_combiner import MOVIES_HEADER, combined_ranks, fit_best, load_likelihood, stage_features
+from exp_combiner import MOVIES_HEADER, load_likelihood, stage_features
 
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
+from llmrec.evaluation.combiner import combined_ranks, fit_best
 from llmrec.evaluation.experiment import EvalRun, open_cache
-from llmrec.evaluation.llm_stage import choose_weight
+from llmrec.evaluation.llm_stage import choose_weight, versus_retriever
 from llmrec.evaluation.metrics import ndcg_at_k
-from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
 from llmrec.io import atomic_write_json, atomic_write_text
 from llmrec.pipeline import prepare_data
@@ -233,21 +233,6 @@ def row_ranks(
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
 
 
-def stage_summary(ranks: np.ndarray, stage: dict, resamples: int, seed: int) -> dict:
-    """NDCG@10 of every user's ``ranks`` at one stage (``stage``: what
-    ``exp_combiner.stage_features`` returns for it), beside the retriever's, with 95% CIs and
-    the paired difference."""
-    nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(stage["ranked"].ranks, 10)
-    idx = bootstrap_indices(len(nd), resamples, seed)
-    return {
-        "users": len(nd),
-        "retrieved": len(stage["sel"]),
-        "ndcg@10": mean_ci(nd, idx),
-        "retriever_ndcg@10": mean_ci(ref, idx),
-        "diff_vs_retriever": paired_difference(nd, ref, idx),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suites", type=Path, default=Path("eval"), help="folder holding the suite files")
@@ -297,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             if (name, stage) in base:  # suites with one retriever share its ranks: check, not assume
                 assert np.array_equal(base[(name, stage)], ref), f"{row.suite}: another {name} on {stage}"
             base[(name, stage)] = ref
-            out[stage] = stage_summary(ranks, data_, resamples, seed)
+            out[stage] = versus_retriever(ranks, data_["ranked"].ranks, len(data_["sel"]), resamples, seed)
         results.append(out)
 
     def cell(r: dict, stage: str, in_sample: bool) -> list[str]:

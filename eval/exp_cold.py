@@ -35,7 +35,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from exp_combiner import combined_ranks, fit_best, fit_combiner, zscore
 
 from llmrec.candidates import CandidateGenerator, TrainData
 from llmrec.candidates.crossdomain import CrossDomainEASEGenerator, CrossDomainUserKNNGenerator
@@ -44,6 +43,7 @@ from llmrec.candidates.fusion import FusedGenerator
 from llmrec.candidates.popularity import PopularityGenerator
 from llmrec.data import cross_domain_split
 from llmrec.data.split import CrossDomainSplit
+from llmrec.evaluation.combiner import combined_ranks, fit_best, fit_combiner, zscore
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.retrieval import rank_methods
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ablation import stage_summary
 from bench_train import cpu_flags, cpu_name
 from exp_combiner import stage_features
 
@@ -44,7 +43,7 @@ from llmrec.candidates import TrainData, make_generator
 from llmrec.data import leave_one_out
 from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import EvalRun, open_cache
-from llmrec.evaluation.llm_stage import choose_weight
+from llmrec.evaluation.llm_stage import choose_weight, versus_retriever
 from llmrec.evaluation.suite import load_suite
 from llmrec.finetune.config import FinetuneConfig
 from llmrec.finetune.model import attach_adapter
@@ -319,7 +318,9 @@ def evaluate(config: FinetuneConfig, adapter: Path, suite_path: str) -> dict:
     for label, w in (("alone", 0.0), ("score fusion", weight)):
         for stage, d in stages.items():
             ranks = d["scored"].ranks(d["ranked"], d["targets"], w).ranks
-            out["rows"][f"{label}, {stage}"] = stage_summary(ranks, d, run_config.bootstrap, run_config.seed)
+            out["rows"][f"{label}, {stage}"] = versus_retriever(
+                ranks, d["ranked"].ranks, len(d["sel"]), run_config.bootstrap, run_config.seed
+            )
     return out
 
 

@@ -165,11 +165,11 @@ def test_cold_start_pool_is_the_base_generators_order(arts_office_dir, monkeypat
     """The learned combination's pool: the grid's ranks of its base generator, each target at its
     own position, so the position feature alone gives back exactly that generator's ranks."""
     import exp_cold
-    from exp_combiner import combined_ranks
 
     from llmrec.candidates.crossdomain import CrossDomainUserKNNGenerator
     from llmrec.candidates.popularity import PopularityGenerator
     from llmrec.data import clean, cross_domain_split, load_dataset
+    from llmrec.evaluation.combiner import combined_ranks
 
     cd = cross_domain_split(clean(load_dataset(arts_office_dir)), "arts", "office", cold_fraction=0.2, seed=0)
     base = exp_cold.LEARNED["cross-userknn"]

@@ -21,8 +21,9 @@ import numpy as np
 from llmrec.candidates.base import Candidates
 from llmrec.config import ModelConfig
 from llmrec.data.catalog import History
-from llmrec.evaluation.metrics import summarize_ranks
+from llmrec.evaluation.metrics import ndcg_at_k, summarize_ranks
 from llmrec.evaluation.retrieval import RankedUsers
+from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.llm.reranker import RerankParams
 from llmrec.pipeline import Recommender, order_candidates
 
@@ -148,6 +149,23 @@ def choose_weight(
     }
     best = max(table.items(), key=lambda kv: (round(kv[1], 12), -kv[0]))[0]
     return best, table
+
+
+def versus_retriever(
+    ranks: np.ndarray, retriever_ranks: np.ndarray, retrieved: int, resamples: int, seed: int
+) -> dict[str, Any]:
+    """NDCG@10 of a reranking stage's ``ranks`` (every evaluated user) beside its retriever's,
+    with 95% bootstrap CIs and the paired difference; ``retrieved``: how many users' held-out
+    item the retriever listed (the only users whose rank the stage can move)."""
+    nd, ref = ndcg_at_k(ranks, 10), ndcg_at_k(retriever_ranks, 10)
+    idx = bootstrap_indices(len(nd), resamples, seed)
+    return {
+        "users": len(nd),
+        "retrieved": int(retrieved),
+        "ndcg@10": mean_ci(nd, idx),
+        "retriever_ndcg@10": mean_ci(ref, idx),
+        "diff_vs_retriever": paired_difference(nd, ref, idx),
+    }
 
 
 def summarize_rerank(name: str, result: RerankResult, retriever_ranks: np.ndarray, ks: Sequence[int]) -> dict:
