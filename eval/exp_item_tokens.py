@@ -1,0 +1,392 @@
+"""Item tokens: the LLM reads a history of item vectors and scores the next item (E4SRec-style), measured.
+
+The text rerankers give SmolLM2 each item as its title; what the model knows of ~3,650 movies
+from their titles is little (the likelihood and item-encoder rows of the README). Here each
+item is one input vector instead of a title: a row of a learned item matrix initialised with
+the mean of its title's token embeddings (what the LLM's own vocabulary says of the title),
+normalised to a word embedding's norm. The LLM (LoRA on every linear layer) reads a user's
+last ``--length`` items as those vectors, and its last hidden state scores every item by
+cosine with the same (tied) matrix times a learned temperature: a next-item model with the
+LLM as its sequence encoder, trained causally (every position predicts the next item, softmax
+over the catalog) on every user's training part (``split.sequences("valid")``: never a held-out
+item), in chunks of ``--length`` + 1.
+
+Evaluation: the fused-seq top-20 of the suite (``eval/ml-latest-small-seeds.yaml``) on
+validation and test, each list reordered by the model's scores of its candidates, alone and
+fused with the retriever order (:func:`llmrec.pipeline.fuse_with_retriever`, weight chosen on
+validation), against fused-seq by a paired bootstrap over all 610 users; the epoch is chosen on
+validation too. Each epoch is checkpointed (``--run-dir``); ``--resume`` goes on from the last;
+``--skip-training`` evaluates the best epoch a finished run left there (``best.pt``,
+``training.json``).
+
+    python eval/exp_item_tokens.py --epochs 10 --out eval/reports/item-tokens-ml-latest-small.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_train import cpu_flags, cpu_name  # eval/ script beside this one
+from tqdm.auto import tqdm
+
+import llmrec.pipeline as pipeline
+from llmrec.candidates import TrainData
+from llmrec.candidates.base import Candidates
+from llmrec.data import leave_one_out
+from llmrec.evaluation.cache import data_fingerprint
+from llmrec.evaluation.experiment import EvalRun, FittedGenerators, open_cache, ranked_users
+from llmrec.evaluation.llm_stage import RerankScores, choose_weight, versus_retriever
+from llmrec.evaluation.metrics import ndcg_at_k
+from llmrec.evaluation.suite import load_suite
+from llmrec.hashing import digest
+from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.llm.models import load_tokenizer, resolve_model
+
+SUITE = "eval/ml-latest-small-seeds.yaml"
+MODEL = "smollm2-135m-instruct"
+FUSION_WEIGHTS = [0.0, 0.25, 0.5, 1, 2, 4, 8, 16]
+LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def training_chunks(sequences: list[np.ndarray], length: int) -> list[np.ndarray]:
+    """Each sequence cut from its end into pieces of ``length`` + 1 items that overlap by one
+    (each item is a target once); pieces of fewer than 3 items are dropped."""
+    out = []
+    for seq in sequences:
+        end = len(seq)
+        while end >= 3:
+            start = max(0, end - length - 1)
+            out.append(seq[start:end])
+            end = start + 1 if start > 0 else 0
+    return out
+
+
+def right_padded(rows: list[np.ndarray], value: int):
+    """A ``len(rows) x longest`` LongTensor, each row left-aligned, ``value`` after it. Right
+    padding needs no attention mask under causal attention: no real position sees a pad."""
+    import torch
+
+    arr = np.full((len(rows), max(len(r) for r in rows)), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        arr[i, : len(r)] = r
+    return torch.from_numpy(arr)
+
+
+def title_vectors(embeddings, tokenizer, titles: list[str]):
+    """Each title's mean token embedding scaled to the mean word-embedding norm, plus a zero
+    row (padding)."""
+    import torch
+
+    emb = embeddings.detach().float()
+    rows = []
+    for title in titles:
+        ids = tokenizer(title, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        rows.append(emb[ids].mean(0))
+    out = torch.stack(rows)
+    out = out / out.norm(dim=1, keepdim=True).clamp_min(1e-6) * emb.norm(dim=1).mean()
+    return torch.cat([out, torch.zeros(1, out.shape[1])])
+
+
+def item_token_model(decoder, init):
+    """The LLM's decoder stack over item vectors, scored by the tied item matrix."""
+    import torch
+    import torch.nn.functional as F
+
+    class ItemTokenLM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = decoder
+            self.items = torch.nn.Parameter(init.clone())  # n_items + 1 (padding) x hidden
+            # Cosine logits, learned temperature: raw dot products of word-sized vectors are ~20x too large.
+            self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(20.0))))
+
+        @property
+        def pad(self) -> int:
+            return self.items.shape[0] - 1
+
+        def hidden(self, seqs):
+            return self.decoder(inputs_embeds=self.items[seqs]).last_hidden_state
+
+        def logits(self, h):
+            e = F.normalize(self.items[:-1], dim=-1)
+            return F.normalize(h, dim=-1) @ e.T * self.log_scale.exp()
+
+        def last_hidden(self, histories: list[np.ndarray], length: int, batch: int = 64):
+            out = []
+            with torch.no_grad():
+                for b in range(0, len(histories), batch):
+                    rows = [h[-length:] for h in histories[b : b + batch]]
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        h = self.hidden(right_padded(rows, self.pad))
+                    out.append(h[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])].float())
+            return torch.cat(out)
+
+    return ItemTokenLM()
+
+
+def build_model(catalog_titles: list[str], rank: int, seed: int):
+    """SmolLM2 with a seeded LoRA on every linear layer and the title-initialised item matrix."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    path = resolve_model(MODEL)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    init = title_vectors(lm.get_input_embeddings().weight, load_tokenizer(path), catalog_titles)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_MODULES)
+    return item_token_model(get_peft_model(lm.model, lora), init)
+
+
+def trained_state(model) -> dict:
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if "lora" in k or k in ("items", "log_scale")
+    }
+
+
+def stage_lists(run: EvalRun, split, stage: str) -> dict[str, Any]:
+    """The suite's retriever lists of ``stage`` (the same cache keys as exp_combiner's)."""
+    users = split.eval_users("test")
+    split_key = digest("loo", run.fingerprint, run.config.order)
+    gens = FittedGenerators(
+        run, TrainData(split.catalog, split.sequences(stage)), digest(split_key, stage), stage
+    )
+    users = users if stage == "test" else users[split.target("valid")[users] >= 0]
+    hist = split.histories(stage, users)
+    targets = split.target(stage)[users]
+    return {
+        "hist": hist,
+        "targets": targets,
+        "ranked": ranked_users(run, gens, run.config.retriever, hist, targets, None, stage),
+    }
+
+
+def list_scores(model, lists: dict[str, Any], length: int) -> RerankScores:
+    """The model's scores of each retrieved user's candidates (retriever order)."""
+    import torch
+    import torch.nn.functional as F
+
+    ranked = lists["ranked"]
+    users = np.flatnonzero(ranked.ranks <= ranked.candidates.shape[1])
+    items = ranked.candidates[users]
+    start = time.perf_counter()
+    h = F.normalize(model.last_hidden([lists["hist"][u].items for u in users], length), dim=-1)
+    with torch.no_grad():
+        cand = F.normalize(model.items[torch.from_numpy(np.maximum(items, 0))].float(), dim=-1)
+        s = (torch.einsum("bd,bkd->bk", h, cand) * model.log_scale.exp()).numpy()
+    cands = Candidates(items, np.zeros(items.shape, dtype=np.float32), ranked.fallback[users])
+    return RerankScores(users, cands, list(s.astype(np.float32)), time.perf_counter() - start, len(users))
+
+
+def catalog_ndcg(model, lists: dict[str, Any], length: int) -> float:
+    """NDCG@10 of the model alone against all items (history excluded): how good a next-item
+    model it is, whatever the retriever."""
+    import torch
+
+    hists = [h.items for h in lists["hist"]]
+    with torch.no_grad():
+        logits = model.logits(model.last_hidden(hists, length)).numpy()
+    for r, h in enumerate(hists):
+        logits[r, h] = -np.inf
+    t = lists["targets"]
+    ranks = 1 + (logits > logits[np.arange(len(t)), t][:, None]).sum(1)
+    return float(ndcg_at_k(ranks, 10).mean())
+
+
+def validate(model, lists: dict[str, Any], length: int) -> dict[str, float]:
+    scored = list_scores(model, lists, length)
+    alone = scored.ranks(lists["ranked"], lists["targets"], 0.0).ranks
+    w, table = choose_weight(scored, lists["ranked"], lists["targets"], FUSION_WEIGHTS)
+    return {
+        "valid_alone": float(ndcg_at_k(alone, 10).mean()),
+        "valid_fused": table[w],
+        "valid_weight": w,
+        "valid_catalog_ndcg@10": catalog_ndcg(model, lists, length),
+    }
+
+
+def train(args, split, valid_lists: dict[str, Any]) -> tuple[Any, dict]:
+    """Train (or resume) for ``args.epochs``; the model of the best validation epoch (fused
+    NDCG@10 on the retriever's lists) and the training record."""
+    import torch
+
+    torch.set_num_threads(2)
+    model = build_model(split.catalog.titles, args.rank, args.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    chunks = training_chunks(split.sequences("valid"), args.length)
+    per_epoch = -(-len(chunks) // args.batch)
+    total = args.epochs * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / total)
+    )
+    ckpt = args.run_dir / "checkpoint.pt"
+    record: dict[str, Any] = {
+        "chunks": len(chunks),
+        "target_items": sum(len(c) - 1 for c in chunks),
+        "epochs": [],
+    }
+    best: tuple[float, int, dict] | None = None
+    first = 0
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        record, best, first = state["record"], state["best"], state["epoch"] + 1
+    rng = np.random.default_rng(args.seed)
+    orders = [rng.permutation(len(chunks)) for _ in range(args.epochs)]  # resume-stable order
+    start = time.perf_counter() - sum(e["seconds"] for e in record["epochs"])
+    for epoch in range(first, args.epochs):
+        t0, losses = time.perf_counter(), []
+        order = orders[epoch]
+        for b in tqdm(range(0, len(order), args.batch), desc=f"epoch {epoch}", mininterval=10):
+            rows = [chunks[i] for i in order[b : b + args.batch]]
+            x, y = right_padded([r[:-1] for r in rows], model.pad), right_padded([r[1:] for r in rows], -100)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model.logits(model.hidden(x))
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), y.flatten(), ignore_index=-100
+            )
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 1)}
+        row["target_items_per_second"] = round(record["target_items"] / seconds, 1)
+        row.update(validate(model, valid_lists, args.length))
+        record["epochs"].append(row)
+        print(json.dumps(row), flush=True)
+        if best is None or row["valid_fused"] > best[0]:
+            best = (row["valid_fused"], epoch, trained_state(model))
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"model": trained_state(model), "opt": opt.state_dict(), "sched": sched.state_dict()}
+        torch.save({**state, "record": record, "best": best, "epoch": epoch}, ckpt.with_suffix(".tmp"))
+        ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a stopped run resumes from the last whole epoch
+    assert best is not None
+    model.load_state_dict(best[2], strict=False)
+    record["best_epoch"] = best[1]
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    torch.save(best[2], args.run_dir / "best.tmp")
+    (args.run_dir / "best.tmp").replace(args.run_dir / "best.pt")
+    atomic_write_json(args.run_dir / "training.json", record)
+    return model, record
+
+
+def trained(args, split) -> tuple[Any, dict]:
+    """The best epoch's model and training record that :func:`train` left in ``--run-dir``."""
+    import torch
+
+    model = build_model(split.catalog.titles, args.rank, args.seed)
+    model.load_state_dict(torch.load(args.run_dir / "best.pt", weights_only=True), strict=False)
+    return model, json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
+
+
+def evaluate(model, stages: dict[str, dict], length: int, resamples: int, seed: int) -> dict[str, Any]:
+    """Alone and fused with the retriever order (weight chosen on validation), both stages."""
+    scored = {s: list_scores(model, lists, length) for s, lists in stages.items()}
+    v = stages["valid"]
+    weight, table = choose_weight(scored["valid"], v["ranked"], v["targets"], FUSION_WEIGHTS)
+    out: dict[str, Any] = {"fusion_weight": weight, "fusion_table_valid": table, "rows": {}}
+    for label, w in (("alone", 0.0), ("score fusion", weight)):
+        for s, lists in stages.items():
+            ranks = scored[s].ranks(lists["ranked"], lists["targets"], w).ranks
+            retrieved = len(scored[s].users)
+            out["rows"][f"{label}, {s}"] = versus_retriever(
+                ranks, lists["ranked"].ranks, retrieved, resamples, seed
+            )
+    out["catalog_ndcg@10"] = {s: catalog_ndcg(model, lists, length) for s, lists in stages.items()}
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report's table: each row against fused-seq, validation and test."""
+    ev, tr = result["evaluation"], result["training"]
+    lines = [
+        f"Item-token LM (SmolLM2-135M + LoRA r={result['args']['rank']}, E4SRec-style) reranking "
+        f"fused-seq's top-20, all users; epoch {tr['best_epoch']} of {len(tr['epochs'])} chosen on "
+        f"validation; {result['cpu']}, {tr['seconds'] / 60:.0f} min of training.",
+        "",
+        "| row | valid NDCG@10 | valid diff vs fused-seq [95% CI] | test NDCG@10 [95% CI] "
+        "| test diff vs fused-seq [95% CI] |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label in ("alone", "score fusion"):
+        v, t = ev["rows"][f"{label}, valid"], ev["rows"][f"{label}, test"]
+        name = (
+            label
+            if label == "alone"
+            else f"fused with retriever order (w={ev['fusion_weight']:g}, chosen on validation)"
+        )
+
+        def diff(d: list[float]) -> str:
+            cell = f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
+            return f"**{cell}**" if d[1] > 0 or d[2] < 0 else cell
+
+        t_nd = t["ndcg@10"]
+        lines.append(
+            f"| {name} | {v['ndcg@10'][0]:.4f} | {diff(v['diff_vs_retriever'])} | "
+            f"{t_nd[0]:.4f} [{t_nd[1]:.4f}, {t_nd[2]:.4f}] | {diff(t['diff_vs_retriever'])} |"
+        )
+    cat = ev["catalog_ndcg@10"]
+    lines += [
+        "",
+        f"Alone against all items (no retriever): NDCG@10 {cat['valid']:.4f} on validation, "
+        f"{cat['test']:.4f} on test. Bold: the paired CI excludes 0.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default=SUITE)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--length", type=int, default=50, help="items per training chunk and history")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/item-tokens-ml-latest-small"))
+    parser.add_argument("--resume", action="store_true", help="go on from --run-dir's last checkpoint")
+    parser.add_argument(
+        "--skip-training", action="store_true", help="evaluate the best epoch that training left in --run-dir"
+    )
+    parser.add_argument("--out", type=Path, default=Path("eval/results/item-tokens-ml-latest-small.json"))
+    args = parser.parse_args(argv)
+    suite = load_suite(args.suite)
+    ((_, config),) = suite.run_configs()[:1]
+    data = pipeline.prepare_data(config)
+    run = EvalRun(config, open_cache(config), data_fingerprint(data), {})
+    split = leave_one_out(data, order=config.order)
+    stages = {s: stage_lists(run, split, s) for s in ("valid", "test")}
+    model, record = trained(args, split) if args.skip_training else train(args, split, stages["valid"])
+    result: dict[str, Any] = {
+        "suite": args.suite,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "cpu": cpu_name(),
+        "flags": cpu_flags(),
+        "training": record,
+        "evaluation": evaluate(model, stages, args.length, config.bootstrap, config.seed),
+    }
+    for name, row in result["evaluation"]["rows"].items():
+        d = row["diff_vs_retriever"]
+        print(f"{name}: NDCG@10 {row['ndcg@10'][0]:.4f}, vs fused-seq {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
