@@ -110,7 +110,11 @@ def item_token_model(decoder, init):
             return self.items.shape[0] - 1
 
         def hidden(self, seqs):
-            return self.decoder(inputs_embeds=self.items[seqs]).last_hidden_state
+            # F.embedding, not indexing: its CPU backward sums repeated rows in a fixed order
+            # (index_put accumulation does not), and the padding row gets no gradient.
+            return self.decoder(
+                inputs_embeds=F.embedding(seqs, self.items, padding_idx=self.pad)
+            ).last_hidden_state
 
         def logits(self, h):
             e = F.normalize(self.items[:-1], dim=-1)
