@@ -45,6 +45,7 @@ from llmrec.data import cross_domain_split
 from llmrec.data.split import CrossDomainSplit
 from llmrec.evaluation.combiner import combined_ranks, fit_best, fit_combiner, zscore
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
+from llmrec.evaluation.report import diff_cell
 from llmrec.evaluation.retrieval import rank_methods
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
@@ -207,12 +208,9 @@ def direction(config, data, settings: dict) -> dict:
 def table_row(label: str, row: dict) -> str:
     """One table line of :func:`stage_numbers`'s numbers; the difference bold when its CI excludes 0."""
     r, n, d = row["test"]["recall@20"], row["test"]["ndcg@10"], row["test"]["ndcg@10 vs popularity"]
-    diff = f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
-    if d[1] > 0 or d[2] < 0:
-        diff = f"**{diff}**"
     return (
         f"| {label} | {row['valid']['recall@20']:.4f} | {row['valid']['ndcg@10']:.4f} | "
-        f"{r[0]:.4f} [{r[1]:.4f}, {r[2]:.4f}] | {n[0]:.4f} [{n[1]:.4f}, {n[2]:.4f}] | {diff} |"
+        f"{r[0]:.4f} [{r[1]:.4f}, {r[2]:.4f}] | {n[0]:.4f} [{n[1]:.4f}, {n[2]:.4f}] | {diff_cell(d)} |"
     )
 
 

@@ -42,6 +42,7 @@ from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import EvalRun, FittedGenerators, open_cache, ranked_users
 from llmrec.evaluation.llm_stage import RerankScores, choose_weight, versus_retriever
 from llmrec.evaluation.metrics import ndcg_at_k
+from llmrec.evaluation.report import diff_cell
 from llmrec.evaluation.suite import load_suite
 from llmrec.hashing import digest
 from llmrec.io import atomic_write_json, atomic_write_text
@@ -172,47 +173,49 @@ def stage_lists(run: EvalRun, split, stage: str) -> dict[str, Any]:
     }
 
 
-def list_scores(model, lists: dict[str, Any], length: int) -> RerankScores:
-    """The model's scores of each retrieved user's candidates (retriever order)."""
+def stage_scores(model, lists: dict[str, Any], length: int):
+    """The model's scores of every item for each of the stage's users (one forward pass per
+    user, read by both :func:`list_scores` and :func:`catalog_ndcg`) and the seconds it took."""
     import torch
-    import torch.nn.functional as F
 
+    start = time.perf_counter()
+    with torch.no_grad():
+        logits = model.logits(model.last_hidden([h.items for h in lists["hist"]], length)).numpy()
+    return logits, time.perf_counter() - start
+
+
+def list_scores(logits: np.ndarray, seconds: float, lists: dict[str, Any]) -> RerankScores:
+    """The scores of each retrieved user's candidates (retriever order) out of the catalog
+    scores of :func:`stage_scores`."""
     ranked = lists["ranked"]
     users = np.flatnonzero(ranked.ranks <= ranked.candidates.shape[1])
     items = ranked.candidates[users]
-    start = time.perf_counter()
-    h = F.normalize(model.last_hidden([lists["hist"][u].items for u in users], length), dim=-1)
-    with torch.no_grad():
-        cand = F.normalize(model.items[torch.from_numpy(np.maximum(items, 0))].float(), dim=-1)
-        s = (torch.einsum("bd,bkd->bk", h, cand) * model.log_scale.exp()).numpy()
+    s = np.take_along_axis(logits[users], np.maximum(items, 0), axis=1).astype(np.float32)
     cands = Candidates(items, np.zeros(items.shape, dtype=np.float32), ranked.fallback[users])
-    return RerankScores(users, cands, list(s.astype(np.float32)), time.perf_counter() - start, len(users))
+    return RerankScores(users, cands, list(s), seconds, len(users))
 
 
-def catalog_ndcg(model, lists: dict[str, Any], length: int) -> float:
+def catalog_ndcg(logits: np.ndarray, lists: dict[str, Any]) -> float:
     """NDCG@10 of the model alone against all items (history excluded): how good a next-item
     model it is, whatever the retriever."""
-    import torch
-
-    hists = [h.items for h in lists["hist"]]
-    with torch.no_grad():
-        logits = model.logits(model.last_hidden(hists, length)).numpy()
-    for r, h in enumerate(hists):
-        logits[r, h] = -np.inf
+    logits = logits.copy()
+    for r, h in enumerate(lists["hist"]):
+        logits[r, h.items] = -np.inf
     t = lists["targets"]
     ranks = 1 + (logits > logits[np.arange(len(t)), t][:, None]).sum(1)
     return float(ndcg_at_k(ranks, 10).mean())
 
 
 def validate(model, lists: dict[str, Any], length: int) -> dict[str, float]:
-    scored = list_scores(model, lists, length)
+    logits, seconds = stage_scores(model, lists, length)
+    scored = list_scores(logits, seconds, lists)
     alone = scored.ranks(lists["ranked"], lists["targets"], 0.0).ranks
     w, table = choose_weight(scored, lists["ranked"], lists["targets"], FUSION_WEIGHTS)
     return {
         "valid_alone": float(ndcg_at_k(alone, 10).mean()),
         "valid_fused": table[w],
         "valid_weight": w,
-        "valid_catalog_ndcg@10": catalog_ndcg(model, lists, length),
+        "valid_catalog_ndcg@10": catalog_ndcg(logits, lists),
     }
 
 
@@ -271,10 +274,11 @@ def train(args, split, valid_lists: dict[str, Any]) -> tuple[Any, dict]:
         row.update(validate(model, valid_lists, args.length))
         record["epochs"].append(row)
         print(json.dumps(row), flush=True)
+        weights = trained_state(model)
         if best is None or row["valid_fused"] > best[0]:
-            best = (row["valid_fused"], epoch, trained_state(model))
+            best = (row["valid_fused"], epoch, weights)
         args.run_dir.mkdir(parents=True, exist_ok=True)
-        state = {"model": trained_state(model), "opt": opt.state_dict(), "sched": sched.state_dict()}
+        state = {"model": weights, "opt": opt.state_dict(), "sched": sched.state_dict()}
         torch.save({**state, "record": record, "best": best, "epoch": epoch}, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a stopped run resumes from the last whole epoch
     assert best is not None
@@ -298,7 +302,8 @@ def trained(args, split) -> tuple[Any, dict]:
 
 def evaluate(model, stages: dict[str, dict], length: int, resamples: int, seed: int) -> dict[str, Any]:
     """Alone and fused with the retriever order (weight chosen on validation), both stages."""
-    scored = {s: list_scores(model, lists, length) for s, lists in stages.items()}
+    logits = {s: stage_scores(model, lists, length) for s, lists in stages.items()}
+    scored = {s: list_scores(*logits[s], lists) for s, lists in stages.items()}
     v = stages["valid"]
     weight, table = choose_weight(scored["valid"], v["ranked"], v["targets"], FUSION_WEIGHTS)
     out: dict[str, Any] = {"fusion_weight": weight, "fusion_table_valid": table, "rows": {}}
@@ -309,7 +314,7 @@ def evaluate(model, stages: dict[str, dict], length: int, resamples: int, seed: 
             out["rows"][f"{label}, {s}"] = versus_retriever(
                 ranks, lists["ranked"].ranks, retrieved, resamples, seed
             )
-    out["catalog_ndcg@10"] = {s: catalog_ndcg(model, lists, length) for s, lists in stages.items()}
+    out["catalog_ndcg@10"] = {s: catalog_ndcg(logits[s][0], lists) for s, lists in stages.items()}
     return out
 
 
@@ -333,14 +338,10 @@ def markdown(result: dict[str, Any]) -> str:
             else f"fused with retriever order (w={ev['fusion_weight']:g}, chosen on validation)"
         )
 
-        def diff(d: list[float]) -> str:
-            cell = f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
-            return f"**{cell}**" if d[1] > 0 or d[2] < 0 else cell
-
         t_nd = t["ndcg@10"]
         lines.append(
-            f"| {name} | {v['ndcg@10'][0]:.4f} | {diff(v['diff_vs_retriever'])} | "
-            f"{t_nd[0]:.4f} [{t_nd[1]:.4f}, {t_nd[2]:.4f}] | {diff(t['diff_vs_retriever'])} |"
+            f"| {name} | {v['ndcg@10'][0]:.4f} | {diff_cell(v['diff_vs_retriever'])} | "
+            f"{t_nd[0]:.4f} [{t_nd[1]:.4f}, {t_nd[2]:.4f}] | {diff_cell(t['diff_vs_retriever'])} |"
         )
     cat = ev["catalog_ndcg@10"]
     lines += [

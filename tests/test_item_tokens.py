@@ -100,3 +100,30 @@ def test_a_stopped_run_resumes_to_the_same_model(smollm_dir, monkeypatch, tmp_pa
     a, b = it.trained_state(whole), it.trained_state(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "stopped" / "best.pt").is_file() and (tmp_path / "stopped" / "training.json").is_file()
+
+
+def test_list_scores_and_catalog_ndcg_read_one_catalog_score_matrix():
+    """The candidates' scores are their columns of the catalog scores; the catalog NDCG ranks the
+    target against every item the user has not seen."""
+    from types import SimpleNamespace
+
+    from llmrec.evaluation.retrieval import RankedUsers
+
+    logits = np.array([[0.0, 5.0, 1.0, 2.0, 3.0], [4.0, 0.0, 3.0, 2.0, 1.0]], dtype=np.float32)
+    ranked = RankedUsers(
+        ranks=np.array([2, 99]),  # user 1's target was not retrieved: not scored
+        candidates=np.array([[4, 3, -1], [0, 2, 3]]),
+        fallback=np.array([False, False]),
+        seconds=0.0,
+    )
+    lists = {
+        "ranked": ranked,
+        "hist": [SimpleNamespace(items=np.array([1])), SimpleNamespace(items=np.array([0]))],
+        "targets": np.array([3, 2]),
+    }
+    scored = it.list_scores(logits, 0.5, lists)
+    assert scored.users.tolist() == [0] and scored.scores[0].tolist() == [3.0, 2.0, 0.0]
+    # user 0: item 1 (5.0) is history, item 4 (3.0) beats the target -> rank 2; user 1: rank 1
+    expected = (1 / np.log2(3) + 1.0) / 2
+    assert it.catalog_ndcg(logits, lists) == pytest.approx(expected)
+    assert logits[0, 1] == 5.0  # the caller's matrix is left as it was

@@ -104,6 +104,12 @@ def _method_metric(res: dict[str, Any], metric: str, cand_k: int) -> float | Non
     return res["metrics"].get(metric)
 
 
+def diff_cell(diff: list[float] | tuple[float, ...]) -> str:
+    """A paired difference ``[mean, low, high, ...]`` as ``+m [+l, +h]``, bold when its CI excludes 0."""
+    cell = f"{diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}]"
+    return f"**{cell}**" if diff[1] > 0 or diff[2] < 0 else cell
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
