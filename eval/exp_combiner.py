@@ -118,6 +118,7 @@ def stage_features(
     window: int = 0,
     encoders: dict[str, EmbeddingGenerator] | None = None,
     likelihood=None,
+    item_tokens: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Candidate lists, features and target positions of the retrieved users of ``stage``.
 
@@ -127,6 +128,8 @@ def stage_features(
     ``likelihood``: a :class:`~llmrec.llm.likelihood.CandidateLikelihood`, or another
     ``(name, config)`` reranker of the suite (its cached suite scores, e.g. the history LM's, or a
     second listwise adapter's): feature ``llm_pmi``.
+    ``item_tokens``: the stage's users and an item-token LM's scores of every item for each
+    (``eval/exp_item_tokens.py``'s ``catalog-scores.npz``): feature ``llm_items``.
     """
     name, cfg = reranker
     split_key = digest("loo", run.fingerprint, run.config.order)
@@ -171,6 +174,14 @@ def stage_features(
         feats["llm_pmi"] = zscore(np.nan_to_num(np.stack(pmi.scores)))
     elif likelihood is not None:
         feats["llm_pmi"] = zscore(likelihood_feature(run, likelihood, split.catalog, shown, items))
+    if item_tokens is not None:
+        item_users, catalog_scores = item_tokens
+        if not np.array_equal(item_users, users):
+            raise SystemExit(
+                f"--item-token-scores: the {stage} users differ from this suite's "
+                f"({len(item_users)} against {len(users)}): scored on another split or suite"
+            )
+        feats["llm_items"] = zscore(np.take_along_axis(catalog_scores[sel], safe, axis=1))
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
         "sel": sel,
@@ -180,6 +191,19 @@ def stage_features(
         "scored": scored,
         "targets": targets,
     }
+
+
+def load_item_token_scores(path: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``stage -> (users, catalog scores)`` from an item-token run's ``catalog-scores.npz``."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise SystemExit(f"--item-token-scores {path}: no such file (eval/exp_item_tokens.py writes it)")
+    with np.load(path) as z:
+        missing = [k for k in ("valid", "valid_users", "test", "test_users") if k not in z.files]
+        if missing:
+            raise SystemExit(f"--item-token-scores {path}: arrays {missing} missing (has {z.files})")
+        return {s: (z[f"{s}_users"], z[s]) for s in ("valid", "test")}
 
 
 def load_likelihood(model: str | None, header: str):
@@ -254,7 +278,16 @@ def main(argv: list[str] | None = None) -> int:
         default=MOVIES_HEADER,
         help="the line before the history in the likelihood prompt (\\n: a newline)",
     )
+    parser.add_argument(
+        "--item-token-scores",
+        type=Path,
+        help="catalog-scores.npz of an eval/exp_item_tokens.py run on this suite: the item-token LM's "
+        "scores of each candidate are the feature 'item-token LM' (validation fit only: the model "
+        "trained on the items before each validation item, so it cannot join --windows)",
+    )
     args = parser.parse_args(argv)
+    if args.item_token_scores is not None and args.windows:
+        parser.error("--item-token-scores cannot join --windows: the item-token LM trained on their items")
     suite = load_suite(args.suite)
     ((_, config),) = suite.run_configs()[:1]
     start = time.perf_counter()
@@ -274,8 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"--likelihood-reranker {args.likelihood_reranker!r} is not in {args.suite}: {names}"
             )
         likelihood = run.rerankers[names.index(args.likelihood_reranker)]
-    valid = stage_features(run, split, users, "valid", reranker, args.short, 0, encoders, likelihood)
-    test = stage_features(run, split, users, "test", reranker, args.short, 0, encoders, likelihood)
+    item_tokens = load_item_token_scores(args.item_token_scores)
+    valid, test = (
+        stage_features(
+            run, split, users, s, reranker, args.short, 0, encoders, likelihood, item_tokens.get(s)
+        )
+        for s in ("valid", "test")
+    )
     windows = window_features(run, split, reranker, args.short, args.windows, encoders, likelihood)
     feature_sets = dict(FEATURE_SETS)
     full = FEATURE_SETS["components + transitions"]
@@ -292,6 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                 *full,
                 feature,
                 "llm_pmi",
+            ]
+    if item_tokens:
+        feature_sets["retriever order + item-token LM"] = ["position", "llm_items"]
+        feature_sets["components + transitions + item-token LM"] = [*full, "llm_items"]
+        feature_sets["components + transitions + item-token LM + LLM"] = [*full, "llm_items", "llm"]
+        for feature in encoders:
+            feature_sets[f"components + transitions + {feature} + item-token LM"] = [
+                *full,
+                feature,
+                "llm_items",
             ]
     base = ndcg_at_k(test["ranked"].ranks, 10)
     idx = bootstrap_indices(len(base), config.bootstrap, config.seed)

@@ -17,7 +17,11 @@ fused with the retriever order (:func:`llmrec.pipeline.fuse_with_retriever`, wei
 validation), against fused-seq by a paired bootstrap over all 610 users; the epoch is chosen on
 validation too. Each epoch is checkpointed (``--run-dir``); ``--resume`` goes on from the last;
 ``--skip-training`` evaluates the best epoch a finished run left there (``best.pt``,
-``training.json``).
+``training.json``). Every epoch's scores of the whole catalog for both stages' users are kept
+(``epoch-scores/``): the report adds the mean of the last epochs' log-softmax scores (a snapshot
+ensemble, the first epoch chosen on validation) beside the best epoch, and both models'
+scores are left in ``--run-dir`` (``catalog-scores.npz``, ``catalog-scores-snapshots.npz``) as
+a feature for ``eval/exp_combiner.py --item-token-scores``.
 
     python eval/exp_item_tokens.py --epochs 10 --out eval/reports/item-tokens-ml-latest-small.json
 """
@@ -167,6 +171,7 @@ def stage_lists(run: EvalRun, split, stage: str) -> dict[str, Any]:
     hist = split.histories(stage, users)
     targets = split.target(stage)[users]
     return {
+        "users": users,
         "hist": hist,
         "targets": targets,
         "ranked": ranked_users(run, gens, run.config.retriever, hist, targets, None, stage),
@@ -206,8 +211,8 @@ def catalog_ndcg(logits: np.ndarray, lists: dict[str, Any]) -> float:
     return float(ndcg_at_k(ranks, 10).mean())
 
 
-def validate(model, lists: dict[str, Any], length: int) -> dict[str, float]:
-    logits, seconds = stage_scores(model, lists, length)
+def validation_numbers(logits: np.ndarray, seconds: float, lists: dict[str, Any]) -> dict[str, float]:
+    """NDCG@10 on the validation lists alone and fused (best weight), and against all items."""
     scored = list_scores(logits, seconds, lists)
     alone = scored.ranks(lists["ranked"], lists["targets"], 0.0).ranks
     w, table = choose_weight(scored, lists["ranked"], lists["targets"], FUSION_WEIGHTS)
@@ -219,7 +224,44 @@ def validate(model, lists: dict[str, Any], length: int) -> dict[str, float]:
     }
 
 
-def train(args, split, valid_lists: dict[str, Any]) -> tuple[Any, dict]:
+def validate(model, stages: dict[str, dict], length: int, path: Path) -> dict[str, float]:
+    """An epoch's validation numbers; its catalog scores of every stage are saved to ``path``
+    (for :func:`snapshot_ensemble`)."""
+    logits = {s: stage_scores(model, lists, length) for s, lists in stages.items()}
+    save_catalog_scores(path, logits, stages)
+    return validation_numbers(*logits["valid"], stages["valid"])
+
+
+def snapshot_ensemble(
+    run_dir: Path, epochs: int, stages: dict[str, dict]
+) -> tuple[int, dict[str, tuple[np.ndarray, float]]] | None:
+    """The mean log-softmax catalog scores of epochs ``k`` to the last, ``k`` chosen on
+    validation (fused NDCG@10): an ensemble of the run's own snapshots at no training cost.
+    None when an epoch's scores are missing."""
+    from scipy.special import log_softmax
+
+    paths = [epoch_scores_path(run_dir, e) for e in range(epochs)]
+    if not all(p.is_file() for p in paths):
+        return None
+    logp = []
+    for p in paths:
+        with np.load(p) as z:
+            logp.append({s: log_softmax(z[s], axis=1) for s in stages})
+    best: tuple[float, int, dict] | None = None
+    for k in range(epochs):
+        mean = {s: (np.mean([e[s] for e in logp[k:]], axis=0), 0.0) for s in stages}
+        fused = validation_numbers(*mean["valid"], stages["valid"])["valid_fused"]
+        if best is None or fused > best[0]:
+            best = (fused, k, mean)
+    assert best is not None
+    return best[1], best[2]
+
+
+def epoch_scores_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "epoch-scores" / f"{epoch}.npz"
+
+
+def train(args, split, stages: dict[str, dict]) -> tuple[Any, dict]:
     """Train (or resume) for ``args.epochs``; the model of the best validation epoch (fused
     NDCG@10 on the retriever's lists) and the training record."""
     import torch
@@ -271,7 +313,7 @@ def train(args, split, valid_lists: dict[str, Any]) -> tuple[Any, dict]:
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 1)}
         row["target_items_per_second"] = round(record["target_items"] / seconds, 1)
-        row.update(validate(model, valid_lists, args.length))
+        row.update(validate(model, stages, args.length, epoch_scores_path(args.run_dir, epoch)))
         record["epochs"].append(row)
         print(json.dumps(row), flush=True)
         weights = trained_state(model)
@@ -300,9 +342,11 @@ def trained(args, split) -> tuple[Any, dict]:
     return model, json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
 
 
-def evaluate(model, stages: dict[str, dict], length: int, resamples: int, seed: int) -> dict[str, Any]:
-    """Alone and fused with the retriever order (weight chosen on validation), both stages."""
-    logits = {s: stage_scores(model, lists, length) for s, lists in stages.items()}
+def evaluate(
+    logits: dict[str, tuple[np.ndarray, float]], stages: dict[str, dict], resamples: int, seed: int
+) -> dict[str, Any]:
+    """Alone and fused with the retriever order (weight chosen on validation), both stages;
+    ``logits``: each stage's :func:`stage_scores`."""
     scored = {s: list_scores(*logits[s], lists) for s, lists in stages.items()}
     v = stages["valid"]
     weight, table = choose_weight(scored["valid"], v["ranked"], v["targets"], FUSION_WEIGHTS)
@@ -318,9 +362,29 @@ def evaluate(model, stages: dict[str, dict], length: int, resamples: int, seed: 
     return out
 
 
+def evaluate_models(
+    models: dict[str, dict[str, tuple[np.ndarray, float]]], stages: dict[str, dict], resamples: int, seed: int
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` for each named model's catalog scores."""
+    return {name: evaluate(logits, stages, resamples, seed) for name, logits in models.items()}
+
+
+def save_catalog_scores(path: Path, logits: dict[str, tuple[np.ndarray, float]], stages: dict) -> None:
+    """Each stage's users (``<stage>_users``) and their scores of every item (``<stage>``, one
+    row per user), written atomically."""
+    arrays = {}
+    for s, lists in stages.items():
+        arrays[s] = logits[s][0].astype(np.float32)
+        arrays[f"{s}_users"] = np.asarray(lists["users"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The report's table: each row against fused-seq, validation and test."""
-    ev, tr = result["evaluation"], result["training"]
+    tr = result["training"]
     lines = [
         f"Item-token LM (SmolLM2-135M + LoRA r={result['args']['rank']}, E4SRec-style) reranking "
         f"fused-seq's top-20, all users; epoch {tr['best_epoch']} of {len(tr['epochs'])} chosen on "
@@ -330,26 +394,24 @@ def markdown(result: dict[str, Any]) -> str:
         "| test diff vs fused-seq [95% CI] |",
         "|---|---:|---:|---:|---:|",
     ]
-    for label in ("alone", "score fusion"):
-        v, t = ev["rows"][f"{label}, valid"], ev["rows"][f"{label}, test"]
-        name = (
-            label
-            if label == "alone"
-            else f"fused with retriever order (w={ev['fusion_weight']:g}, chosen on validation)"
-        )
-
-        t_nd = t["ndcg@10"]
-        lines.append(
-            f"| {name} | {v['ndcg@10'][0]:.4f} | {diff_cell(v['diff_vs_retriever'])} | "
-            f"{t_nd[0]:.4f} [{t_nd[1]:.4f}, {t_nd[2]:.4f}] | {diff_cell(t['diff_vs_retriever'])} |"
-        )
-    cat = ev["catalog_ndcg@10"]
-    lines += [
-        "",
-        f"Alone against all items (no retriever): NDCG@10 {cat['valid']:.4f} on validation, "
-        f"{cat['test']:.4f} on test. Bold: the paired CI excludes 0.",
-        "",
-    ]
+    for model, ev in result["evaluation"].items():
+        for label in ("alone", "score fusion"):
+            v, t = ev["rows"][f"{label}, valid"], ev["rows"][f"{label}, test"]
+            name = (
+                f"{model}, alone"
+                if label == "alone"
+                else f"{model}, fused with retriever order (w={ev['fusion_weight']:g}, chosen on validation)"
+            )
+            t_nd = t["ndcg@10"]
+            lines.append(
+                f"| {name} | {v['ndcg@10'][0]:.4f} | {diff_cell(v['diff_vs_retriever'])} | "
+                f"{t_nd[0]:.4f} [{t_nd[1]:.4f}, {t_nd[2]:.4f}] | {diff_cell(t['diff_vs_retriever'])} |"
+            )
+    lines += ["", "Alone against all items (no retriever), NDCG@10:"]
+    for model, ev in result["evaluation"].items():
+        cat = ev["catalog_ndcg@10"]
+        lines.append(f"{model}: {cat['valid']:.4f} on validation, {cat['test']:.4f} on test.")
+    lines += ["", "Bold: the paired CI excludes 0.", ""]
     return "\n".join(lines)
 
 
@@ -375,18 +437,33 @@ def main(argv: list[str] | None = None) -> int:
     run = EvalRun(config, open_cache(config), data_fingerprint(data), {})
     split = leave_one_out(data, order=config.order)
     stages = {s: stage_lists(run, split, s) for s in ("valid", "test")}
-    model, record = trained(args, split) if args.skip_training else train(args, split, stages["valid"])
+    model, record = trained(args, split) if args.skip_training else train(args, split, stages)
+    logits = {s: stage_scores(model, lists, args.length) for s, lists in stages.items()}
+    models = {f"best epoch ({record['best_epoch']})": logits}
+    # The catalog scores, for a combiner to read (eval/exp_combiner.py --item-token-scores).
+    save_catalog_scores(args.run_dir / "catalog-scores.npz", logits, stages)
+    ensemble = snapshot_ensemble(args.run_dir, len(record["epochs"]), stages)
+    if ensemble is None:
+        print(f"no snapshot ensemble: {args.run_dir / 'epoch-scores'} lacks an epoch's scores")
+    else:
+        first, mean = ensemble
+        models[f"mean of epochs {first}-{len(record['epochs']) - 1}"] = mean
+        save_catalog_scores(args.run_dir / "catalog-scores-snapshots.npz", mean, stages)
     result: dict[str, Any] = {
         "suite": args.suite,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cpu": cpu_name(),
         "flags": cpu_flags(),
         "training": record,
-        "evaluation": evaluate(model, stages, args.length, config.bootstrap, config.seed),
+        "evaluation": evaluate_models(models, stages, config.bootstrap, config.seed),
     }
-    for name, row in result["evaluation"]["rows"].items():
-        d = row["diff_vs_retriever"]
-        print(f"{name}: NDCG@10 {row['ndcg@10'][0]:.4f}, vs fused-seq {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]")
+    for model, ev in result["evaluation"].items():
+        for name, row in ev["rows"].items():
+            d = row["diff_vs_retriever"]
+            print(
+                f"{model}, {name}: NDCG@10 {row['ndcg@10'][0]:.4f}, "
+                f"vs fused-seq {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
     atomic_write_text(args.out.with_suffix(".md"), markdown(result))

@@ -80,7 +80,7 @@ def test_a_stopped_run_resumes_to_the_same_model(smollm_dir, monkeypatch, tmp_pa
 
     calls = {"n": 0}
 
-    def validate(model, lists, length):
+    def validate(model, lists, length, path):
         calls["n"] += 1
         if lists == "stop" and calls["n"] == 2:
             raise KeyboardInterrupt  # stopped during epoch 1, after epoch 0's checkpoint
@@ -127,3 +127,31 @@ def test_list_scores_and_catalog_ndcg_read_one_catalog_score_matrix():
     expected = (1 / np.log2(3) + 1.0) / 2
     assert it.catalog_ndcg(logits, lists) == pytest.approx(expected)
     assert logits[0, 1] == 5.0  # the caller's matrix is left as it was
+
+
+def test_snapshot_ensemble_averages_the_epochs_chosen_on_validation(tmp_path):
+    """Epoch 0 ranks the held-out item last, epoch 1 first: the ensemble starting at epoch 1
+    wins on validation; a missing epoch file means no ensemble."""
+    from types import SimpleNamespace
+
+    from llmrec.evaluation.retrieval import RankedUsers
+
+    ranked = RankedUsers(np.array([3, 3]), np.array([[0, 1, 2], [0, 1, 2]]), np.zeros(2, bool), 0.0)
+    lists = {
+        "users": np.array([4, 7]),
+        "ranked": ranked,
+        "hist": [SimpleNamespace(items=np.array([3])), SimpleNamespace(items=np.array([3]))],
+        "targets": np.array([2, 2]),
+    }
+    stages = {"valid": lists, "test": lists}
+    bad = np.array([[9.0, 0.0, -9.0, 0.0]] * 2, dtype=np.float32)
+    good = np.array([[0.0, 1.0, 9.0, 0.0]] * 2, dtype=np.float32)
+    for epoch, logits in enumerate([bad, good]):
+        it.save_catalog_scores(
+            it.epoch_scores_path(tmp_path, epoch), {s: (logits, 0.0) for s in stages}, stages
+        )
+    first, mean = it.snapshot_ensemble(tmp_path, 2, stages)
+    assert first == 1 and np.allclose(np.exp(mean["test"][0]).sum(1), 1.0)
+    with np.load(it.epoch_scores_path(tmp_path, 1)) as z:
+        assert z["valid_users"].tolist() == [4, 7]
+    assert it.snapshot_ensemble(tmp_path, 3, stages) is None
