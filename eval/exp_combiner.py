@@ -193,6 +193,20 @@ def stage_features(
     }
 
 
+def extra_llm_sets(label: str, feature: str, full: list[str], encoders) -> dict[str, list[str]]:
+    """The feature sets that add an extra LLM ``feature`` to the retriever order, to the full
+    set, each with and without the listwise LLM, and to the full set with each item encoder."""
+    sets = {
+        f"retriever order + {label}": ["position", feature],
+        f"retriever order + LLM + {label}": ["position", "llm", feature],
+        f"components + transitions + {label}": [*full, feature],
+        f"components + transitions + LLM + {label}": [*full, "llm", feature],
+    }
+    for encoder in encoders:
+        sets[f"components + transitions + {encoder} + {label}"] = [*full, encoder, feature]
+    return sets
+
+
 def load_item_token_scores(path: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``stage -> (users, catalog scores)`` from an item-token run's ``catalog-scores.npz``."""
     if path is None:
@@ -321,26 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         feature_sets[f"components + transitions + {feature}"] = [*full, feature]
         feature_sets[f"components + transitions + {feature} + LLM"] = [*full, feature, "llm"]
     if likelihood is not None:
-        feature_sets["retriever order + LLM likelihood"] = ["position", "llm_pmi"]
-        feature_sets["retriever order + LLM + LLM likelihood"] = ["position", "llm", "llm_pmi"]
-        feature_sets["components + transitions + LLM likelihood"] = [*full, "llm_pmi"]
-        feature_sets["components + transitions + LLM + LLM likelihood"] = [*full, "llm", "llm_pmi"]
-        for feature in encoders:
-            feature_sets[f"components + transitions + {feature} + LLM likelihood"] = [
-                *full,
-                feature,
-                "llm_pmi",
-            ]
+        feature_sets.update(extra_llm_sets("LLM likelihood", "llm_pmi", full, encoders))
     if item_tokens:
-        feature_sets["retriever order + item-token LM"] = ["position", "llm_items"]
-        feature_sets["components + transitions + item-token LM"] = [*full, "llm_items"]
-        feature_sets["components + transitions + item-token LM + LLM"] = [*full, "llm_items", "llm"]
-        for feature in encoders:
-            feature_sets[f"components + transitions + {feature} + item-token LM"] = [
-                *full,
-                feature,
-                "llm_items",
-            ]
+        feature_sets.update(extra_llm_sets("item-token LM", "llm_items", full, encoders))
     base = ndcg_at_k(test["ranked"].ranks, 10)
     idx = bootstrap_indices(len(base), config.bootstrap, config.seed)
     rows = [
