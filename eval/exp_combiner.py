@@ -39,11 +39,10 @@ from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.combiner import combined_ranks, fit_with_windows, zscore
 from llmrec.evaluation.experiment import (
     EvalRun,
-    FittedGenerators,
     histories_key,
     open_cache,
-    ranked_users,
     reranker_scores,
+    stage_lists,
 )
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
@@ -132,15 +131,9 @@ def stage_features(
     (``eval/exp_item_tokens.py``'s ``catalog-scores.npz``): feature ``llm_items``.
     """
     name, cfg = reranker
-    split_key = digest("loo", run.fingerprint, run.config.order)
-    if window:
-        split_key = digest(split_key, "window", window)
-    train = TrainData(split.catalog, split.sequences(stage))
-    gens = FittedGenerators(run, train, digest(split_key, stage), stage)
-    users = users if stage == "test" else users[split.target("valid")[users] >= 0]
-    hist = split.histories(stage, users)
-    targets = split.target(stage)[users]
-    ranked = ranked_users(run, gens, run.config.retriever, hist, targets, None, stage)
+    lists = stage_lists(run, split, stage, users, window)
+    gens, users, hist, targets = lists.generators, lists.users, lists.histories, lists.targets
+    ranked = lists.ranked
     scored = reranker_scores(run, name, cfg, gens, ranked, hist, RerankParams(seed=run.config.seed))
     fused = gens.get(run.config.retriever)  # fused, or fused-seq: components + transition
     if not hasattr(fused, "generators"):

@@ -39,16 +39,15 @@ from bench_train import cpu_flags, cpu_name  # eval/ script beside this one
 from tqdm.auto import tqdm
 
 import llmrec.pipeline as pipeline
-from llmrec.candidates import TrainData
 from llmrec.candidates.base import Candidates
 from llmrec.data import leave_one_out
+from llmrec.evaluation import experiment
 from llmrec.evaluation.cache import data_fingerprint
-from llmrec.evaluation.experiment import EvalRun, FittedGenerators, open_cache, ranked_users
+from llmrec.evaluation.experiment import EvalRun, open_cache
 from llmrec.evaluation.llm_stage import RerankScores, choose_weight, versus_retriever
 from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.report import diff_cell
 from llmrec.evaluation.suite import load_suite
-from llmrec.hashing import digest
 from llmrec.io import atomic_write_json, atomic_write_text
 from llmrec.llm.models import load_tokenizer, resolve_model
 
@@ -161,21 +160,9 @@ def trained_state(model) -> dict:
 
 
 def stage_lists(run: EvalRun, split, stage: str) -> dict[str, Any]:
-    """The suite's retriever lists of ``stage`` (the same cache keys as exp_combiner's)."""
-    users = split.eval_users("test")
-    split_key = digest("loo", run.fingerprint, run.config.order)
-    gens = FittedGenerators(
-        run, TrainData(split.catalog, split.sequences(stage)), digest(split_key, stage), stage
-    )
-    users = users if stage == "test" else users[split.target("valid")[users] >= 0]
-    hist = split.histories(stage, users)
-    targets = split.target(stage)[users]
-    return {
-        "users": users,
-        "hist": hist,
-        "targets": targets,
-        "ranked": ranked_users(run, gens, run.config.retriever, hist, targets, None, stage),
-    }
+    """The suite's retriever lists of ``stage`` for all test users (the suite's cache keys)."""
+    lists = experiment.stage_lists(run, split, stage, split.eval_users("test"))
+    return {"users": lists.users, "hist": lists.histories, "targets": lists.targets, "ranked": lists.ranked}
 
 
 def stage_scores(model, lists: dict[str, Any], length: int):

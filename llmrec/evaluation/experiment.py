@@ -269,6 +269,37 @@ def ranked_users(
     return RankedUsers(arrays["ranks"], arrays["candidates"], arrays["fallback"], float(arrays["seconds"]))
 
 
+@dataclass
+class StageLists:
+    """The suite retriever's candidate lists of one leave-one-out stage, for experiments that
+    rescore them (:func:`stage_lists`)."""
+
+    generators: FittedGenerators
+    users: np.ndarray
+    histories: list[History]
+    targets: np.ndarray
+    ranked: RankedUsers
+
+
+def stage_lists(run: EvalRun, split: Any, stage: str, users: np.ndarray, window: int = 0) -> StageLists:
+    """The retriever's lists of ``stage`` ("valid" or "test") for ``users`` (those with a
+    validation item, on "valid"), under the cache keys of the suite's own run: after
+    ``llmrec evaluate`` they load from the cache. ``window`` > 0: ``split`` is the suite's split
+    shifted back that many steps (an earlier training window), keyed apart."""
+    split_key = digest("loo", run.fingerprint, run.config.order)
+    if window:
+        split_key = digest(split_key, "window", window)
+    train = TrainData(split.catalog, split.sequences(stage))
+    gens = FittedGenerators(run, train, digest(split_key, stage), stage)
+    users = users if stage == "test" else users[split.target("valid")[users] >= 0]
+    hist = split.histories(stage, users)
+    targets = split.target(stage)[users]
+    ranked = ranked_users(run, gens, run.config.retriever, hist, targets, None, stage)
+    if ranked is None:
+        raise ConfigError(f"retriever {run.config.retriever!r} cannot fit the {stage} stage's data")
+    return StageLists(gens, users, hist, targets, ranked)
+
+
 class _Skipped(Exception):
     """A generator that cannot fit this data (nothing to cache)."""
 
