@@ -398,7 +398,12 @@ def markdown(result: dict[str, Any]) -> str:
     for model, ev in result["evaluation"].items():
         cat = ev["catalog_ndcg@10"]
         lines.append(f"{model}: {cat['valid']:.4f} on validation, {cat['test']:.4f} on test.")
-    lines += ["", "Bold: the paired CI excludes 0.", ""]
+    lines += [
+        "",
+        "Bold: the paired CI excludes 0. Validation chose the epoch, the ensemble's first epoch and "
+        "the fusion weight: its differences are in-sample, test's are not.",
+        "",
+    ]
     return "\n".join(lines)
 
 
