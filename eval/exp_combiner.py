@@ -174,6 +174,11 @@ def stage_features(
                 f"--item-token-scores: the {stage} users differ from this suite's "
                 f"({len(item_users)} against {len(users)}): scored on another split or suite"
             )
+        if catalog_scores.shape[1] != len(split.catalog):
+            raise SystemExit(
+                f"--item-token-scores: {catalog_scores.shape[1]} items scored, this suite's catalog "
+                f"has {len(split.catalog)}: scored on another dataset"
+            )
         feats["llm_items"] = zscore(np.take_along_axis(catalog_scores[sel], safe, axis=1))
     target_pos = (items == targets[sel][:, None]).argmax(1)
     return {
@@ -200,17 +205,34 @@ def extra_llm_sets(label: str, feature: str, full: list[str], encoders) -> dict[
     return sets
 
 
-def load_item_token_scores(path: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``stage -> (users, catalog scores)`` from an item-token run's ``catalog-scores.npz``."""
-    if path is None:
+def load_item_token_scores(paths: list[Path] | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``stage -> (users, catalog scores)`` from an item-token run's ``catalog-scores.npz``;
+    from several runs (e.g. training seeds), the mean of their log-softmax scores."""
+    if not paths:
         return {}
-    if not path.is_file():
-        raise SystemExit(f"--item-token-scores {path}: no such file (eval/exp_item_tokens.py writes it)")
-    with np.load(path) as z:
-        missing = [k for k in ("valid", "valid_users", "test", "test_users") if k not in z.files]
-        if missing:
-            raise SystemExit(f"--item-token-scores {path}: arrays {missing} missing (has {z.files})")
-        return {s: (z[f"{s}_users"], z[s]) for s in ("valid", "test")}
+    runs = []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--item-token-scores {path}: no such file (eval/exp_item_tokens.py writes it)")
+        with np.load(path) as z:
+            missing = [k for k in ("valid", "valid_users", "test", "test_users") if k not in z.files]
+            if missing:
+                raise SystemExit(f"--item-token-scores {path}: arrays {missing} missing (has {z.files})")
+            runs.append({s: (z[f"{s}_users"], z[s]) for s in ("valid", "test")})
+    if len(runs) == 1:
+        return runs[0]
+    from scipy.special import log_softmax
+
+    out = {}
+    for s in ("valid", "test"):
+        users, first = runs[0][s]
+        for path, run in zip(paths[1:], runs[1:]):
+            if not np.array_equal(run[s][0], users) or run[s][1].shape != first.shape:
+                raise SystemExit(
+                    f"--item-token-scores {path}: its {s} users or catalog differ from {paths[0]}'s"
+                )
+        out[s] = (users, np.mean([log_softmax(run[s][1], axis=1) for run in runs], axis=0))
+    return out
 
 
 def load_likelihood(model: str | None, header: str):
@@ -288,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--item-token-scores",
         type=Path,
+        nargs="+",
         help="catalog-scores.npz of an eval/exp_item_tokens.py run on this suite: the item-token LM's "
         "scores of each candidate are the feature 'item-token LM' (validation fit only: the model "
-        "trained on the items before each validation item, so it cannot join --windows)",
+        "trained on the items before each validation item, so it cannot join --windows); several "
+        "files (e.g. training seeds): the mean of their log-softmax scores",
     )
     args = parser.parse_args(argv)
     if args.item_token_scores is not None and args.windows:
@@ -394,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows[1:]:
         print(f"{r['features']}: weights {r['weights']}")
     atomic_write_json(
-        args.out, {"suite": suite.name, "rows": rows, "seconds": round(time.perf_counter() - start, 1)}
+        args.out,
+        {
+            "suite": suite.name,
+            "item_token_scores": [str(p) for p in args.item_token_scores or []],
+            "rows": rows,
+            "seconds": round(time.perf_counter() - start, 1),
+        },
     )
     atomic_write_text(args.out.with_suffix(".md"), table + "\n")
     print(f"written: {args.out}, {args.out.with_suffix('.md')}")

@@ -43,7 +43,7 @@ from llmrec.candidates.base import Candidates
 from llmrec.data import leave_one_out
 from llmrec.evaluation import experiment
 from llmrec.evaluation.cache import data_fingerprint
-from llmrec.evaluation.experiment import EvalRun, open_cache
+from llmrec.evaluation.experiment import EvalRun, StageLists, open_cache
 from llmrec.evaluation.llm_stage import RerankScores, choose_weight, versus_retriever
 from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.report import diff_cell
@@ -159,27 +159,26 @@ def trained_state(model) -> dict:
     }
 
 
-def stage_lists(run: EvalRun, split, stage: str) -> dict[str, Any]:
+def stage_lists(run: EvalRun, split, stage: str) -> StageLists:
     """The suite's retriever lists of ``stage`` for all test users (the suite's cache keys)."""
-    lists = experiment.stage_lists(run, split, stage, split.eval_users("test"))
-    return {"users": lists.users, "hist": lists.histories, "targets": lists.targets, "ranked": lists.ranked}
+    return experiment.stage_lists(run, split, stage, split.eval_users("test"))
 
 
-def stage_scores(model, lists: dict[str, Any], length: int):
+def stage_scores(model, lists: StageLists, length: int):
     """The model's scores of every item for each of the stage's users (one forward pass per
     user, read by both :func:`list_scores` and :func:`catalog_ndcg`) and the seconds it took."""
     import torch
 
     start = time.perf_counter()
     with torch.no_grad():
-        logits = model.logits(model.last_hidden([h.items for h in lists["hist"]], length)).numpy()
+        logits = model.logits(model.last_hidden([h.items for h in lists.histories], length)).numpy()
     return logits, time.perf_counter() - start
 
 
-def list_scores(logits: np.ndarray, seconds: float, lists: dict[str, Any]) -> RerankScores:
+def list_scores(logits: np.ndarray, seconds: float, lists: StageLists) -> RerankScores:
     """The scores of each retrieved user's candidates (retriever order) out of the catalog
     scores of :func:`stage_scores`."""
-    ranked = lists["ranked"]
+    ranked = lists.ranked
     users = np.flatnonzero(ranked.ranks <= ranked.candidates.shape[1])
     items = ranked.candidates[users]
     s = np.take_along_axis(logits[users], np.maximum(items, 0), axis=1).astype(np.float32)
@@ -187,22 +186,22 @@ def list_scores(logits: np.ndarray, seconds: float, lists: dict[str, Any]) -> Re
     return RerankScores(users, cands, list(s), seconds, len(users))
 
 
-def catalog_ndcg(logits: np.ndarray, lists: dict[str, Any]) -> float:
+def catalog_ndcg(logits: np.ndarray, lists: StageLists) -> float:
     """NDCG@10 of the model alone against all items (history excluded): how good a next-item
     model it is, whatever the retriever."""
     logits = logits.copy()
-    for r, h in enumerate(lists["hist"]):
+    for r, h in enumerate(lists.histories):
         logits[r, h.items] = -np.inf
-    t = lists["targets"]
+    t = lists.targets
     ranks = 1 + (logits > logits[np.arange(len(t)), t][:, None]).sum(1)
     return float(ndcg_at_k(ranks, 10).mean())
 
 
-def validation_numbers(logits: np.ndarray, seconds: float, lists: dict[str, Any]) -> dict[str, float]:
+def validation_numbers(logits: np.ndarray, seconds: float, lists: StageLists) -> dict[str, float]:
     """NDCG@10 on the validation lists alone and fused (best weight), and against all items."""
     scored = list_scores(logits, seconds, lists)
-    alone = scored.ranks(lists["ranked"], lists["targets"], 0.0).ranks
-    w, table = choose_weight(scored, lists["ranked"], lists["targets"], FUSION_WEIGHTS)
+    alone = scored.ranks(lists.ranked, lists.targets, 0.0).ranks
+    w, table = choose_weight(scored, lists.ranked, lists.targets, FUSION_WEIGHTS)
     return {
         "valid_alone": float(ndcg_at_k(alone, 10).mean()),
         "valid_fused": table[w],
@@ -211,7 +210,7 @@ def validation_numbers(logits: np.ndarray, seconds: float, lists: dict[str, Any]
     }
 
 
-def validate(model, stages: dict[str, dict], length: int, path: Path) -> dict[str, float]:
+def validate(model, stages: dict[str, StageLists], length: int, path: Path) -> dict[str, float]:
     """An epoch's validation numbers; its catalog scores of every stage are saved to ``path``
     (for :func:`snapshot_ensemble`)."""
     logits = {s: stage_scores(model, lists, length) for s, lists in stages.items()}
@@ -220,7 +219,7 @@ def validate(model, stages: dict[str, dict], length: int, path: Path) -> dict[st
 
 
 def snapshot_ensemble(
-    run_dir: Path, epochs: int, stages: dict[str, dict]
+    run_dir: Path, epochs: int, stages: dict[str, StageLists]
 ) -> tuple[int, dict[str, tuple[np.ndarray, float]]] | None:
     """The mean log-softmax catalog scores of epochs ``k`` to the last, ``k`` chosen on
     validation (fused NDCG@10): an ensemble of the run's own snapshots at no training cost.
@@ -248,7 +247,7 @@ def epoch_scores_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "epoch-scores" / f"{epoch}.npz"
 
 
-def train(args, split, stages: dict[str, dict]) -> tuple[Any, dict]:
+def train(args, split, stages: dict[str, StageLists]) -> tuple[Any, dict]:
     """Train (or resume) for ``args.epochs``; the model of the best validation epoch (fused
     NDCG@10 on the retriever's lists) and the training record."""
     import torch
@@ -330,43 +329,63 @@ def trained(args, split) -> tuple[Any, dict]:
 
 
 def evaluate(
-    logits: dict[str, tuple[np.ndarray, float]], stages: dict[str, dict], resamples: int, seed: int
+    logits: dict[str, tuple[np.ndarray, float]], stages: dict[str, StageLists], resamples: int, seed: int
 ) -> dict[str, Any]:
     """Alone and fused with the retriever order (weight chosen on validation), both stages;
     ``logits``: each stage's :func:`stage_scores`."""
     scored = {s: list_scores(*logits[s], lists) for s, lists in stages.items()}
     v = stages["valid"]
-    weight, table = choose_weight(scored["valid"], v["ranked"], v["targets"], FUSION_WEIGHTS)
+    weight, table = choose_weight(scored["valid"], v.ranked, v.targets, FUSION_WEIGHTS)
     out: dict[str, Any] = {"fusion_weight": weight, "fusion_table_valid": table, "rows": {}}
     for label, w in (("alone", 0.0), ("score fusion", weight)):
         for s, lists in stages.items():
-            ranks = scored[s].ranks(lists["ranked"], lists["targets"], w).ranks
+            ranks = scored[s].ranks(lists.ranked, lists.targets, w).ranks
             retrieved = len(scored[s].users)
             out["rows"][f"{label}, {s}"] = versus_retriever(
-                ranks, lists["ranked"].ranks, retrieved, resamples, seed
+                ranks, lists.ranked.ranks, retrieved, resamples, seed
             )
     out["catalog_ndcg@10"] = {s: catalog_ndcg(logits[s][0], lists) for s, lists in stages.items()}
     return out
 
 
 def evaluate_models(
-    models: dict[str, dict[str, tuple[np.ndarray, float]]], stages: dict[str, dict], resamples: int, seed: int
+    models: dict[str, dict[str, tuple[np.ndarray, float]]],
+    stages: dict[str, StageLists],
+    resamples: int,
+    seed: int,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate` for each named model's catalog scores."""
     return {name: evaluate(logits, stages, resamples, seed) for name, logits in models.items()}
 
 
 def save_catalog_scores(path: Path, logits: dict[str, tuple[np.ndarray, float]], stages: dict) -> None:
-    """Each stage's users (``<stage>_users``) and their scores of every item (``<stage>``, one
-    row per user), written atomically."""
+    """Each stage's users (``<stage>_users``), their scores of every item (``<stage>``, one row
+    per user) and the seconds these took (``<stage>_seconds``), written atomically."""
     arrays = {}
     for s, lists in stages.items():
         arrays[s] = logits[s][0].astype(np.float32)
-        arrays[f"{s}_users"] = np.asarray(lists["users"])
+        arrays[f"{s}_users"] = np.asarray(lists.users)
+        arrays[f"{s}_seconds"] = np.float64(logits[s][1])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
+
+
+def load_catalog_scores(
+    path: Path, stages: dict[str, StageLists]
+) -> dict[str, tuple[np.ndarray, float]] | None:
+    """What :func:`save_catalog_scores` wrote to ``path``, as :func:`stage_scores` gives it; None
+    when the file is missing or was written for other users."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        if not all(
+            f"{s}_users" in z.files and np.array_equal(z[f"{s}_users"], lists.users)
+            for s, lists in stages.items()
+        ):
+            return None
+        return {s: (z[s], float(z[f"{s}_seconds"]) if f"{s}_seconds" in z.files else 0.0) for s in stages}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -430,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     split = leave_one_out(data, order=config.order)
     stages = {s: stage_lists(run, split, s) for s in ("valid", "test")}
     model, record = trained(args, split) if args.skip_training else train(args, split, stages)
-    logits = {s: stage_scores(model, lists, args.length) for s, lists in stages.items()}
+    # The best epoch's scores were saved when it was validated; recomputed only if they are gone.
+    logits = load_catalog_scores(epoch_scores_path(args.run_dir, record["best_epoch"]), stages)
+    if logits is None:
+        logits = {s: stage_scores(model, lists, args.length) for s, lists in stages.items()}
     models = {f"best epoch ({record['best_epoch']})": logits}
     # The catalog scores, for a combiner to read (eval/exp_combiner.py --item-token-scores).
     save_catalog_scores(args.run_dir / "catalog-scores.npz", logits, stages)

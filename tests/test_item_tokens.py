@@ -107,6 +107,7 @@ def test_list_scores_and_catalog_ndcg_read_one_catalog_score_matrix():
     target against every item the user has not seen."""
     from types import SimpleNamespace
 
+    from llmrec.evaluation.experiment import StageLists
     from llmrec.evaluation.retrieval import RankedUsers
 
     logits = np.array([[0.0, 5.0, 1.0, 2.0, 3.0], [4.0, 0.0, 3.0, 2.0, 1.0]], dtype=np.float32)
@@ -116,11 +117,8 @@ def test_list_scores_and_catalog_ndcg_read_one_catalog_score_matrix():
         fallback=np.array([False, False]),
         seconds=0.0,
     )
-    lists = {
-        "ranked": ranked,
-        "hist": [SimpleNamespace(items=np.array([1])), SimpleNamespace(items=np.array([0]))],
-        "targets": np.array([3, 2]),
-    }
+    hist = [SimpleNamespace(items=np.array([1])), SimpleNamespace(items=np.array([0]))]
+    lists = StageLists(None, np.array([0, 1]), hist, np.array([3, 2]), ranked)
     scored = it.list_scores(logits, 0.5, lists)
     assert scored.users.tolist() == [0] and scored.scores[0].tolist() == [3.0, 2.0, 0.0]
     # user 0: item 1 (5.0) is history, item 4 (3.0) beats the target -> rank 2; user 1: rank 1
@@ -134,15 +132,12 @@ def test_snapshot_ensemble_averages_the_epochs_chosen_on_validation(tmp_path):
     wins on validation; a missing epoch file means no ensemble."""
     from types import SimpleNamespace
 
+    from llmrec.evaluation.experiment import StageLists
     from llmrec.evaluation.retrieval import RankedUsers
 
     ranked = RankedUsers(np.array([3, 3]), np.array([[0, 1, 2], [0, 1, 2]]), np.zeros(2, bool), 0.0)
-    lists = {
-        "users": np.array([4, 7]),
-        "ranked": ranked,
-        "hist": [SimpleNamespace(items=np.array([3])), SimpleNamespace(items=np.array([3]))],
-        "targets": np.array([2, 2]),
-    }
+    hist = [SimpleNamespace(items=np.array([3])), SimpleNamespace(items=np.array([3]))]
+    lists = StageLists(None, np.array([4, 7]), hist, np.array([2, 2]), ranked)
     stages = {"valid": lists, "test": lists}
     bad = np.array([[9.0, 0.0, -9.0, 0.0]] * 2, dtype=np.float32)
     good = np.array([[0.0, 1.0, 9.0, 0.0]] * 2, dtype=np.float32)
@@ -155,3 +150,39 @@ def test_snapshot_ensemble_averages_the_epochs_chosen_on_validation(tmp_path):
     with np.load(it.epoch_scores_path(tmp_path, 1)) as z:
         assert z["valid_users"].tolist() == [4, 7]
     assert it.snapshot_ensemble(tmp_path, 3, stages) is None
+    loaded = it.load_catalog_scores(it.epoch_scores_path(tmp_path, 1), stages)
+    assert np.array_equal(loaded["test"][0], good) and loaded["test"][1] == 0.0
+    other = StageLists(None, np.array([4, 8]), hist, np.array([2, 2]), ranked)  # another user set
+    assert it.load_catalog_scores(it.epoch_scores_path(tmp_path, 1), {"valid": other, "test": other}) is None
+    assert it.load_catalog_scores(it.epoch_scores_path(tmp_path, 5), stages) is None
+
+
+def test_combiner_reads_one_run_as_is_and_several_as_their_mean_log_softmax(tmp_path):
+    """``exp_combiner --item-token-scores``: one file's scores unchanged, two files' mean
+    log-softmax (an ensemble of training seeds); runs scored for other users are refused."""
+    from types import SimpleNamespace
+
+    import exp_combiner
+    from scipy.special import log_softmax
+
+    from llmrec.evaluation.experiment import StageLists
+
+    hist = [SimpleNamespace(items=np.array([0]))] * 2
+    lists = StageLists(None, np.array([4, 7]), hist, np.array([2, 2]), None)
+    a = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], dtype=np.float32)
+    b = np.array([[5.0, 1.0, 0.0], [0.0, 0.0, 9.0]], dtype=np.float32)
+    for name, logits in (("a.npz", a), ("b.npz", b)):
+        it.save_catalog_scores(
+            tmp_path / name, {s: (logits, 0.0) for s in ("valid", "test")}, {"valid": lists, "test": lists}
+        )
+    one = exp_combiner.load_item_token_scores([tmp_path / "a.npz"])
+    assert np.array_equal(one["test"][0], [4, 7]) and np.array_equal(one["test"][1], a)
+    both = exp_combiner.load_item_token_scores([tmp_path / "a.npz", tmp_path / "b.npz"])
+    expected = (log_softmax(a, axis=1) + log_softmax(b, axis=1)) / 2
+    assert np.allclose(both["valid"][1], expected)
+    other = StageLists(None, np.array([4, 8]), hist, np.array([2, 2]), None)
+    it.save_catalog_scores(
+        tmp_path / "c.npz", {s: (b, 0.0) for s in ("valid", "test")}, {"valid": other, "test": other}
+    )
+    with pytest.raises(SystemExit, match="c.npz"):
+        exp_combiner.load_item_token_scores([tmp_path / "a.npz", tmp_path / "c.npz"])
