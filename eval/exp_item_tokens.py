@@ -23,7 +23,10 @@ ensemble, the first epoch chosen on validation) beside the best epoch, and both 
 scores are left in ``--run-dir`` (``catalog-scores.npz``, ``catalog-scores-snapshots.npz``) as
 a feature for ``eval/exp_combiner.py --item-token-scores``.
 
-    python eval/exp_item_tokens.py --epochs 10 --out eval/reports/item-tokens-ml-latest-small.json
+    python eval/exp_item_tokens.py --config finetune/item-tokens-ml-latest-small.yaml
+
+The recipe (``--config``) sets these options; any given on the command line overrides it
+(e.g. ``--seed 1 --run-dir runs/item-tokens-seed1-ml-latest-small``).
 """
 
 from __future__ import annotations
@@ -426,7 +429,44 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def recipe_options(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The options a YAML recipe sets, each checked against ``parser``'s option of that name
+    and converted by its type; an unknown name or a value of the wrong type stops with the file,
+    key and value named."""
+    import yaml
+
+    if not path.is_file():
+        raise SystemExit(f"--config {path}: no such file")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    options: dict[str, Any] = {}
+    for key, value in values.items():
+        action = actions.get(str(key).replace("-", "_"))
+        if action is None:
+            raise SystemExit(f"--config {path}: unknown key {key!r} (known: {', '.join(sorted(actions))})")
+        if action.type is None and isinstance(action.const, bool):  # a store_true flag
+            if not isinstance(value, bool):
+                raise SystemExit(f"--config {path}: {key}: {value!r} is not true or false")
+            options[action.dest] = value
+            continue
+        kind = action.type or str
+        if isinstance(value, (bool, dict, list)) or (kind is int and isinstance(value, float)):
+            raise SystemExit(
+                f"--config {path}: {key}: {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
+            )
+        try:
+            options[action.dest] = kind(str(value))
+        except ValueError:
+            raise SystemExit(
+                f"--config {path}: {key}: {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
+            ) from None
+    return options
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options: a ``--config`` recipe's values, overridden by those given on the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=SUITE)
     parser.add_argument("--epochs", type=int, default=10)
@@ -441,7 +481,20 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-training", action="store_true", help="evaluate the best epoch that training left in --run-dir"
     )
     parser.add_argument("--out", type=Path, default=Path("eval/results/item-tokens-ml-latest-small.json"))
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="a recipe: YAML of these options (e.g. finetune/item-tokens-ml-latest-small.yaml); "
+        "options given on the command line override it",
+    )
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**recipe_options(parser, known.config))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     suite = load_suite(args.suite)
     ((_, config),) = suite.run_configs()[:1]
     data = pipeline.prepare_data(config)

@@ -186,3 +186,29 @@ def test_combiner_reads_one_run_as_is_and_several_as_their_mean_log_softmax(tmp_
     )
     with pytest.raises(SystemExit, match="c.npz"):
         exp_combiner.load_item_token_scores([tmp_path / "a.npz", tmp_path / "c.npz"])
+
+
+def test_recipe_sets_the_options_and_the_command_line_overrides_it(tmp_path):
+    """``--config finetune/item-tokens-ml-latest-small.yaml`` gives the recipe's options; an
+    option on the command line wins; an unknown key or a value of the wrong type is refused
+    with the file and key named."""
+    recipe = Path(__file__).resolve().parents[1] / "finetune" / "item-tokens-ml-latest-small.yaml"
+    args = it.parse_args(["--config", str(recipe)])
+    assert (args.epochs, args.rank, args.lr, args.seed) == (10, 16, 1e-3, 0)
+    assert args.run_dir == Path("runs/item-tokens-ml-latest-small") and not args.resume
+    args = it.parse_args(["--config", str(recipe), "--seed", "1", "--resume"])
+    assert args.seed == 1 and args.resume and args.epochs == 10
+    for text, message in (
+        ("epochz: 3\n", "unknown key 'epochz'"),
+        ("epochs: 1.5\n", "epochs: 1.5 is not an int"),
+        ("epochs: ten\n", "epochs: 'ten' is not an int"),
+        ("resume: 1\n", "resume: 1 is not true or false"),
+        ("- 3\n", "expected a mapping"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(SystemExit, match=message) as err:
+            it.parse_args(["--config", str(bad)])
+        assert "bad.yaml" in str(err.value)
+    with pytest.raises(SystemExit, match="no such file"):
+        it.parse_args(["--config", str(tmp_path / "missing.yaml")])
