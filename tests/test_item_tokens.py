@@ -212,3 +212,27 @@ def test_recipe_sets_the_options_and_the_command_line_overrides_it(tmp_path):
         assert "bad.yaml" in str(err.value)
     with pytest.raises(SystemExit, match="no such file"):
         it.parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_epoch_plot_reads_reports_and_refuses_other_json(tmp_path):
+    import json
+
+    import plot_item_tokens
+
+    epochs = [
+        {"epoch": e, "loss": 7.0 - e, "valid_catalog_ndcg@10": 0.03 * e, "valid_fused": 0.1} for e in range(3)
+    ]
+    rows = {"alone, valid": {"retriever_ndcg@10": [0.105, 0.09, 0.12]}}
+    report = {
+        "args": {"seed": 1},
+        "training": {"epochs": epochs},
+        "evaluation": {"best epoch (2)": {"rows": rows}},
+    }
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps(report), encoding="utf-8")
+    assert plot_item_tokens.main([str(good), "--out", str(tmp_path / "epochs.png")]) == 0
+    assert (tmp_path / "epochs.png").read_bytes()[:4] == b"\x89PNG"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}), encoding="utf-8")
+    with pytest.raises(SystemExit, match="other.json: not an eval/exp_item_tokens.py report"):
+        plot_item_tokens.load_run(other)
