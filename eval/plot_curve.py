@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from llmrec.io import atomic_write_bytes, atomic_write_text
+from llmrec.io import atomic_write_figure, atomic_write_text
 
 POINT = re.compile(r"^(?P<start>[\w-]+)(?:, | \+ )(?P<n>\d+) (?P<domain>\w+) users\b")
 
@@ -95,8 +95,6 @@ def table(retriever: str, rows: list[dict], metric: str = "ndcg@10") -> str:
 
 def plot(retriever: str, rows: list[dict], out: Path, metric: str = "ndcg@10") -> None:
     """One panel per group: each start's curve with CI bars, the retriever as a band."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,10 +127,8 @@ def plot(retriever: str, rows: list[dict], out: Path, metric: str = "ndcg@10") -
         ax.set_title(f"{group} users ({mine[0]['users']})")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_figure(out, fig)
     plt.close(fig)
-    atomic_write_bytes(out, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

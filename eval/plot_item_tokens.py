@@ -9,11 +9,10 @@ fused-seq's own, one line per run (training seed).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
-from llmrec.io import atomic_write_bytes
+from llmrec.io import atomic_write_figure
 
 PANELS = (
     ("loss", "training loss (cross-entropy over the catalog)"),
@@ -54,10 +53,8 @@ def plot(runs: list[tuple[str, list[dict], float]], out: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_figure(out, fig)
     plt.close(fig)
-    atomic_write_bytes(out, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

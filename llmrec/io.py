@@ -5,6 +5,7 @@ Files are written 0644 and folders 0755 (``mkstemp``/``mkdtemp`` alone make them
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def atomic_write_figure(path: str | os.PathLike[str], fig: Any, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically (:func:`atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 @contextmanager

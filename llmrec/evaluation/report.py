@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.errors import ConfigError
-from llmrec.io import atomic_dir, jsonable
+from llmrec.io import atomic_dir, atomic_write_figure, jsonable
 
 
 def markdown_report(report: dict[str, Any], title: str | None = None, level: int = 1) -> str:
@@ -246,7 +246,7 @@ def plot_report(report: dict[str, Any], path: Path, metric: str = "ndcg@10") -> 
         ax.set_ylabel(metric.replace("ndcg", "NDCG").replace("recall", "Recall") + " (95% CI)")
         ax.set_title(f"{report['dataset']['name']}: {sl} ({these[0]['users']} users)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write_figure(path, fig, dpi=100)
     plt.close(fig)
     return path
 
