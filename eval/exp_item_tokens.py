@@ -25,6 +25,15 @@ a feature for ``eval/exp_combiner.py --item-token-scores``.
 
     python eval/exp_item_tokens.py --config finetune/item-tokens-ml-latest-small.yaml
 
+``--refit-of RUN_DIR`` trains the test stage's model on the test stage's training part (the
+validation items too, as fused-seq's generators are refit at test) with the same options,
+keeps the epochs that RUN_DIR chose on validation, and scores test with it; validation keeps
+RUN_DIR's scores, so the fusion weight and a combiner are still fit out of test:
+
+    python eval/exp_item_tokens.py --config finetune/item-tokens-ml-latest-small.yaml \
+        --refit-of runs/item-tokens-ml-latest-small --run-dir runs/item-tokens-refit-ml-latest-small \
+        --out eval/reports/item-tokens-refit-ml-latest-small.json
+
 The recipe (``--config``) sets these options; any given on the command line overrides it
 (e.g. ``--seed 1 --run-dir runs/item-tokens-seed1-ml-latest-small``).
 """
@@ -250,16 +259,71 @@ def epoch_scores_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "epoch-scores" / f"{epoch}.npz"
 
 
-def train(args, split, stages: dict[str, StageLists]) -> tuple[Any, dict]:
+def validation_record(run_dir: Path, epochs: int) -> dict[str, Any]:
+    """The training record of a finished validation run of ``epochs`` epochs (``--refit-of``)."""
+    path = run_dir / "training.json"
+    if not path.is_file():
+        raise SystemExit(f"--refit-of {run_dir}: no training.json (a finished run of this script)")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if len(record["epochs"]) != epochs or "valid_fused" not in record["epochs"][0]:
+        raise SystemExit(
+            f"--refit-of {run_dir}: a validation run of {len(record['epochs'])} epochs; "
+            f"the refit needs one of --epochs {epochs}"
+        )
+    return record
+
+
+def refit_models(
+    valid_run: Path, refit_run: Path, stages: dict[str, StageLists]
+) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
+    """The validation run's scores on validation joined with the refit run's on test: for the
+    validation run's best epoch and for its snapshot ensemble (the same epochs of the refit)."""
+    from scipy.special import log_softmax
+
+    record = json.loads((valid_run / "training.json").read_text(encoding="utf-8"))
+    best, epochs = record["best_epoch"], len(record["epochs"])
+    valid_only, test_only = {"valid": stages["valid"]}, {"test": stages["test"]}
+
+    def refit_test(epoch: int) -> tuple[np.ndarray, float]:
+        scores = load_catalog_scores(epoch_scores_path(refit_run, epoch), test_only)
+        if scores is None:
+            raise SystemExit(f"{epoch_scores_path(refit_run, epoch)}: missing or for other users")
+        return scores["test"]
+
+    valid = load_catalog_scores(epoch_scores_path(valid_run, best), valid_only)
+    if valid is None:
+        raise SystemExit(f"{epoch_scores_path(valid_run, best)}: missing or for other users")
+    models = {f"best epoch ({best}), test-stage refit": {**valid, "test": refit_test(best)}}
+    ensemble = snapshot_ensemble(valid_run, epochs, stages)
+    if ensemble is not None:
+        first, mean = ensemble
+        test = np.mean([log_softmax(refit_test(e)[0], axis=1) for e in range(first, epochs)], axis=0)
+        models[f"mean of epochs {first}-{epochs - 1}, test-stage refit"] = {
+            "valid": mean["valid"],
+            "test": (test, 0.0),
+        }
+    return models
+
+
+def score_test_stage(model, stages: dict[str, StageLists], length: int, path: Path) -> dict[str, float]:
+    """A refit epoch's test-stage catalog scores, saved to ``path``; no validation numbers (the
+    refit model trained on the validation items)."""
+    save_catalog_scores(path, {"test": stage_scores(model, stages["test"], length)}, {"test": stages["test"]})
+    return {}
+
+
+def train(args, split, stages: dict[str, StageLists], keep_epoch: int | None = None) -> tuple[Any, dict]:
     """Train (or resume) for ``args.epochs``; the model of the best validation epoch (fused
-    NDCG@10 on the retriever's lists) and the training record."""
+    NDCG@10 on the retriever's lists) and the training record. ``keep_epoch`` (a refit): train
+    on the test stage's training part (the validation items too), keep that epoch's model and
+    save each epoch's test-stage scores only (:func:`score_test_stage`)."""
     import torch
 
     torch.set_num_threads(2)
     model = build_model(split.catalog.titles, args.rank, args.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    chunks = training_chunks(split.sequences("valid"), args.length)
+    chunks = training_chunks(split.sequences("valid" if keep_epoch is None else "test"), args.length)
     per_epoch = -(-len(chunks) // args.batch)
     total = args.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -302,17 +366,24 @@ def train(args, split, stages: dict[str, StageLists]) -> tuple[Any, dict]:
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 1)}
         row["target_items_per_second"] = round(record["target_items"] / seconds, 1)
-        row.update(validate(model, stages, args.length, epoch_scores_path(args.run_dir, epoch)))
+        path = epoch_scores_path(args.run_dir, epoch)
+        if keep_epoch is None:
+            row.update(validate(model, stages, args.length, path))
+        else:
+            row.update(score_test_stage(model, stages, args.length, path))
         record["epochs"].append(row)
         print(json.dumps(row), flush=True)
         weights = trained_state(model)
-        if best is None or row["valid_fused"] > best[0]:
+        if keep_epoch is None and (best is None or row["valid_fused"] > best[0]):
             best = (row["valid_fused"], epoch, weights)
+        elif keep_epoch == epoch:
+            best = (0.0, epoch, weights)
         args.run_dir.mkdir(parents=True, exist_ok=True)
         state = {"model": weights, "opt": opt.state_dict(), "sched": sched.state_dict()}
         torch.save({**state, "record": record, "best": best, "epoch": epoch}, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a stopped run resumes from the last whole epoch
-    assert best is not None
+    if best is None:
+        raise SystemExit(f"{args.run_dir}: no epoch {keep_epoch} to keep in {args.epochs} epochs")
     model.load_state_dict(best[2], strict=False)
     record["best_epoch"] = best[1]
     record["seconds"] = round(time.perf_counter() - start, 1)
@@ -416,6 +487,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {name} | {v['ndcg@10'][0]:.4f} | {diff_cell(v['diff_vs_retriever'])} | "
                 f"{t_nd[0]:.4f} [{t_nd[1]:.4f}, {t_nd[2]:.4f}] | {diff_cell(t['diff_vs_retriever'])} |"
             )
+    if result["args"].get("refit_of"):
+        lines += [
+            "",
+            f"Test-stage refit: test is scored by a model trained on the test stage's training part "
+            f"(validation items included), at the epochs that {result['args']['refit_of']} chose on "
+            "validation; validation keeps that run's scores.",
+        ]
     lines += ["", "Alone against all items (no retriever), NDCG@10:"]
     for model, ev in result["evaluation"].items():
         cat = ev["catalog_ndcg@10"]
@@ -482,6 +560,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("eval/results/item-tokens-ml-latest-small.json"))
     parser.add_argument(
+        "--refit-of",
+        type=Path,
+        help="a finished run's --run-dir: train the test stage's model on the test stage's training "
+        "part (validation items included) with the same options, and score test with it at that run's "
+        "chosen epochs (validation keeps that run's scores)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         help="a recipe: YAML of these options (e.g. finetune/item-tokens-ml-latest-small.yaml); "
@@ -501,21 +586,28 @@ def main(argv: list[str] | None = None) -> int:
     run = EvalRun(config, open_cache(config), data_fingerprint(data), {})
     split = leave_one_out(data, order=config.order)
     stages = {s: stage_lists(run, split, s) for s in ("valid", "test")}
-    model, record = trained(args, split) if args.skip_training else train(args, split, stages)
-    # The best epoch's scores were saved when it was validated; recomputed only if they are gone.
-    logits = load_catalog_scores(epoch_scores_path(args.run_dir, record["best_epoch"]), stages)
-    if logits is None:
-        logits = {s: stage_scores(model, lists, args.length) for s, lists in stages.items()}
-    models = {f"best epoch ({record['best_epoch']})": logits}
-    # The catalog scores, for a combiner to read (eval/exp_combiner.py --item-token-scores).
-    save_catalog_scores(args.run_dir / "catalog-scores.npz", logits, stages)
-    ensemble = snapshot_ensemble(args.run_dir, len(record["epochs"]), stages)
-    if ensemble is None:
-        print(f"no snapshot ensemble: {args.run_dir / 'epoch-scores'} lacks an epoch's scores")
+    if args.refit_of is not None:
+        keep = validation_record(args.refit_of, args.epochs)["best_epoch"]
+        if not args.skip_training:
+            train(args, split, stages, keep_epoch=keep)
+        record = json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
+        models = refit_models(args.refit_of, args.run_dir, stages)
     else:
-        first, mean = ensemble
-        models[f"mean of epochs {first}-{len(record['epochs']) - 1}"] = mean
-        save_catalog_scores(args.run_dir / "catalog-scores-snapshots.npz", mean, stages)
+        model, record = trained(args, split) if args.skip_training else train(args, split, stages)
+        # The best epoch's scores were saved when it was validated; recomputed only if they are gone.
+        logits = load_catalog_scores(epoch_scores_path(args.run_dir, record["best_epoch"]), stages)
+        if logits is None:
+            logits = {s: stage_scores(model, lists, args.length) for s, lists in stages.items()}
+        models = {f"best epoch ({record['best_epoch']})": logits}
+        ensemble = snapshot_ensemble(args.run_dir, len(record["epochs"]), stages)
+        if ensemble is None:
+            print(f"no snapshot ensemble: {args.run_dir / 'epoch-scores'} lacks an epoch's scores")
+        else:
+            first, mean = ensemble
+            models[f"mean of epochs {first}-{len(record['epochs']) - 1}"] = mean
+    # The catalog scores, for a combiner to read (eval/exp_combiner.py --item-token-scores).
+    for logits, file in zip(models.values(), ("catalog-scores.npz", "catalog-scores-snapshots.npz")):
+        save_catalog_scores(args.run_dir / file, logits, stages)
     result: dict[str, Any] = {
         "suite": args.suite,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -33,6 +33,8 @@ def load_run(path: Path) -> tuple[str, list[dict], float]:
         label = f"seed {report['args']['seed']}"
     except (KeyError, StopIteration, TypeError) as err:
         raise SystemExit(f"{path}: not an eval/exp_item_tokens.py report (missing {err})") from None
+    if not epochs or any(key not in epochs[0] for key, _ in PANELS):
+        raise SystemExit(f"{path}: no validation numbers per epoch (a --refit-of run has none)")
     return label, epochs, retriever
 
 

@@ -236,3 +236,74 @@ def test_epoch_plot_reads_reports_and_refuses_other_json(tmp_path):
     other.write_text(json.dumps({"rows": []}), encoding="utf-8")
     with pytest.raises(SystemExit, match="other.json: not an eval/exp_item_tokens.py report"):
         plot_item_tokens.load_run(other)
+
+
+def test_refit_trains_on_the_test_stage_and_keeps_the_validation_runs_epoch(
+    smollm_dir, monkeypatch, tmp_path
+):
+    """--refit-of: the model trains on the test stage's sequences, saves test scores every epoch
+    and keeps the epoch that the validation run chose (not the last)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(it, "resolve_model", lambda name: str(smollm_dir))
+    titles = ["Toy Story (1995)", "Heat (1995)", "Casino (1995)", "Sabrina (1995)", "Jumanji (1995)"]
+    rng = np.random.default_rng(0)
+    seqs = {
+        "valid": [rng.integers(0, 5, size=12) for _ in range(4)],
+        "test": [rng.integers(0, 5, size=13) for _ in range(4)],
+    }
+    asked: list[str] = []
+    split = SimpleNamespace(
+        catalog=SimpleNamespace(titles=titles), sequences=lambda stage: asked.append(stage) or seqs[stage]
+    )
+    scored: list[Path] = []
+    monkeypatch.setattr(it, "score_test_stage", lambda model, stages, length, path: scored.append(path) or {})
+    monkeypatch.setattr(it, "validate", lambda *a: pytest.fail("a refit has no validation"))
+    args = SimpleNamespace(
+        rank=2, seed=0, lr=3e-3, length=5, batch=4, epochs=2, run_dir=tmp_path, resume=False
+    )
+    _, record = it.train(args, split, {}, keep_epoch=0)
+    assert asked == ["test"] and record["best_epoch"] == 0 and len(record["epochs"]) == 2
+    assert scored == [it.epoch_scores_path(tmp_path, 0), it.epoch_scores_path(tmp_path, 1)]
+    assert record["target_items"] == 4 * 12  # every test-stage item after the first
+
+
+def test_refit_models_join_validation_runs_valid_scores_with_the_refits_test_scores(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from scipy.special import log_softmax
+
+    from llmrec.evaluation.experiment import StageLists
+    from llmrec.evaluation.retrieval import RankedUsers
+
+    ranked = RankedUsers(np.array([3, 3]), np.array([[0, 1, 2], [0, 1, 2]]), np.zeros(2, bool), 0.0)
+    hist = [SimpleNamespace(items=np.array([3]))] * 2
+    lists = StageLists(None, np.array([4, 7]), hist, np.array([2, 2]), ranked)
+    stages = {"valid": lists, "test": lists}
+    valid_run, refit = tmp_path / "valid", tmp_path / "refit"
+    rng = np.random.default_rng(1)
+    v_scores = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(3)]
+    r_scores = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(3)]
+    for e in range(3):
+        it.save_catalog_scores(
+            it.epoch_scores_path(valid_run, e), {s: (v_scores[e], 0.0) for s in stages}, stages
+        )
+        it.save_catalog_scores(it.epoch_scores_path(refit, e), {"test": (r_scores[e], 0.0)}, {"test": lists})
+    epochs = [{"epoch": e, "valid_fused": 0.1} for e in range(3)]
+    (valid_run / "training.json").write_text(
+        json.dumps({"best_epoch": 1, "epochs": epochs}), encoding="utf-8"
+    )
+    assert it.validation_record(valid_run, 3)["best_epoch"] == 1
+    with pytest.raises(SystemExit, match="--epochs 4"):
+        it.validation_record(valid_run, 4)
+    models = it.refit_models(valid_run, refit, stages)
+    best = models["best epoch (1), test-stage refit"]
+    assert np.array_equal(best["valid"][0], v_scores[1]) and np.array_equal(best["test"][0], r_scores[1])
+    ((name, ensemble),) = [(k, m) for k, m in models.items() if k.startswith("mean of epochs")]
+    first = int(name.split()[3].split("-")[0])
+    expected = np.mean([log_softmax(r_scores[e], axis=1) for e in range(first, 3)], axis=0)
+    assert np.allclose(ensemble["test"][0], expected)
+    (refit / "epoch-scores" / "2.npz").unlink()
+    with pytest.raises(SystemExit, match="2.npz"):
+        it.refit_models(valid_run, refit, stages)
