@@ -530,16 +530,13 @@ def recipe_options(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any
             options[action.dest] = value
             continue
         kind = action.type or str
+        wrong = f"--config {path}: {key}: {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
         if isinstance(value, (bool, dict, list)) or (kind is int and isinstance(value, float)):
-            raise SystemExit(
-                f"--config {path}: {key}: {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
-            )
+            raise SystemExit(wrong)
         try:
             options[action.dest] = kind(str(value))
         except ValueError:
-            raise SystemExit(
-                f"--config {path}: {key}: {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
-            ) from None
+            raise SystemExit(wrong) from None
     return options
 
 
