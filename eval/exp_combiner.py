@@ -44,6 +44,7 @@ from llmrec.evaluation.experiment import (
     reranker_scores,
     stage_lists,
 )
+from llmrec.evaluation.llm_stage import mean_log_softmax_rows
 from llmrec.evaluation.metrics import ndcg_at_k, recall_at_k
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
 from llmrec.evaluation.suite import load_suite
@@ -221,8 +222,6 @@ def load_item_token_scores(paths: list[Path] | None) -> dict[str, tuple[np.ndarr
             runs.append({s: (z[f"{s}_users"], z[s]) for s in ("valid", "test")})
     if len(runs) == 1:
         return runs[0]
-    from scipy.special import log_softmax
-
     out = {}
     for s in ("valid", "test"):
         users, first = runs[0][s]
@@ -231,7 +230,7 @@ def load_item_token_scores(paths: list[Path] | None) -> dict[str, tuple[np.ndarr
                 raise SystemExit(
                     f"--item-token-scores {path}: its {s} users or catalog differ from {paths[0]}'s"
                 )
-        out[s] = (users, np.mean([log_softmax(run[s][1], axis=1) for run in runs], axis=0))
+        out[s] = (users, mean_log_softmax_rows([run[s][1] for run in runs]))
     return out
 
 

@@ -56,11 +56,11 @@ from llmrec.data import leave_one_out
 from llmrec.evaluation import experiment
 from llmrec.evaluation.cache import data_fingerprint
 from llmrec.evaluation.experiment import EvalRun, StageLists, open_cache
-from llmrec.evaluation.llm_stage import RerankScores, choose_weight, versus_retriever
+from llmrec.evaluation.llm_stage import RerankScores, choose_weight, mean_log_softmax_rows, versus_retriever
 from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.report import diff_cell
 from llmrec.evaluation.suite import load_suite
-from llmrec.io import atomic_write_json, atomic_write_text
+from llmrec.io import atomic_file, atomic_write_json, atomic_write_text
 from llmrec.llm.models import load_tokenizer, resolve_model
 
 SUITE = "eval/ml-latest-small-seeds.yaml"
@@ -236,18 +236,16 @@ def snapshot_ensemble(
     """The mean log-softmax catalog scores of epochs ``k`` to the last, ``k`` chosen on
     validation (fused NDCG@10): an ensemble of the run's own snapshots at no training cost.
     None when an epoch's scores are missing."""
-    from scipy.special import log_softmax
-
     paths = [epoch_scores_path(run_dir, e) for e in range(epochs)]
     if not all(p.is_file() for p in paths):
         return None
-    logp = []
+    scores = []
     for p in paths:
         with np.load(p) as z:
-            logp.append({s: log_softmax(z[s], axis=1) for s in stages})
+            scores.append({s: z[s] for s in stages})
     best: tuple[float, int, dict] | None = None
     for k in range(epochs):
-        mean = {s: (np.mean([e[s] for e in logp[k:]], axis=0), 0.0) for s in stages}
+        mean = {s: (mean_log_softmax_rows([e[s] for e in scores[k:]]), 0.0) for s in stages}
         fused = validation_numbers(*mean["valid"], stages["valid"])["valid_fused"]
         if best is None or fused > best[0]:
             best = (fused, k, mean)
@@ -274,13 +272,11 @@ def validation_record(run_dir: Path, epochs: int) -> dict[str, Any]:
 
 
 def refit_models(
-    valid_run: Path, refit_run: Path, stages: dict[str, StageLists]
+    valid_run: Path, record: dict[str, Any], refit_run: Path, stages: dict[str, StageLists]
 ) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
     """The validation run's scores on validation joined with the refit run's on test: for the
-    validation run's best epoch and for its snapshot ensemble (the same epochs of the refit)."""
-    from scipy.special import log_softmax
-
-    record = json.loads((valid_run / "training.json").read_text(encoding="utf-8"))
+    validation run's best epoch and for its snapshot ensemble (the same epochs of the refit);
+    ``record``: the validation run's :func:`validation_record`."""
     best, epochs = record["best_epoch"], len(record["epochs"])
     valid_only, test_only = {"valid": stages["valid"]}, {"test": stages["test"]}
 
@@ -297,7 +293,7 @@ def refit_models(
     ensemble = snapshot_ensemble(valid_run, epochs, stages)
     if ensemble is not None:
         first, mean = ensemble
-        test = np.mean([log_softmax(refit_test(e)[0], axis=1) for e in range(first, epochs)], axis=0)
+        test = mean_log_softmax_rows([refit_test(e)[0] for e in range(first, epochs)])
         models[f"mean of epochs {first}-{epochs - 1}, test-stage refit"] = {
             "valid": mean["valid"],
             "test": (test, 0.0),
@@ -305,11 +301,10 @@ def refit_models(
     return models
 
 
-def score_test_stage(model, stages: dict[str, StageLists], length: int, path: Path) -> dict[str, float]:
+def score_test_stage(model, stages: dict[str, StageLists], length: int, path: Path) -> None:
     """A refit epoch's test-stage catalog scores, saved to ``path``; no validation numbers (the
     refit model trained on the validation items)."""
     save_catalog_scores(path, {"test": stage_scores(model, stages["test"], length)}, {"test": stages["test"]})
-    return {}
 
 
 def train(args, split, stages: dict[str, StageLists], keep_epoch: int | None = None) -> tuple[Any, dict]:
@@ -370,7 +365,7 @@ def train(args, split, stages: dict[str, StageLists], keep_epoch: int | None = N
         if keep_epoch is None:
             row.update(validate(model, stages, args.length, path))
         else:
-            row.update(score_test_stage(model, stages, args.length, path))
+            score_test_stage(model, stages, args.length, path)
         record["epochs"].append(row)
         print(json.dumps(row), flush=True)
         weights = trained_state(model)
@@ -397,9 +392,22 @@ def trained(args, split) -> tuple[Any, dict]:
     """The best epoch's model and training record that :func:`train` left in ``--run-dir``."""
     import torch
 
+    record = finished_record(args.run_dir, "best.pt")
     model = build_model(split.catalog.titles, args.rank, args.seed)
     model.load_state_dict(torch.load(args.run_dir / "best.pt", weights_only=True), strict=False)
-    return model, json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
+    return model, record
+
+
+def finished_record(run_dir: Path, *needed: str) -> dict[str, Any]:
+    """The training record a finished run left in ``run_dir`` (``--skip-training``), which must
+    hold the files ``needed`` too."""
+    missing = [f for f in ("training.json", *needed) if not (run_dir / f).is_file()]
+    if missing:
+        raise SystemExit(
+            f"--skip-training: {run_dir} has no {' or '.join(missing)} (no finished run there); "
+            "train it first, without --skip-training (--resume goes on from its last epoch)"
+        )
+    return json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
 
 
 def evaluate(
@@ -440,10 +448,9 @@ def save_catalog_scores(path: Path, logits: dict[str, tuple[np.ndarray, float]],
         arrays[s] = logits[s][0].astype(np.float32)
         arrays[f"{s}_users"] = np.asarray(lists.users)
         arrays[f"{s}_seconds"] = np.float64(logits[s][1])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    # A file object, not a name: np.savez would append ".npz" to atomic_file's temporary name.
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def load_catalog_scores(
@@ -460,6 +467,12 @@ def load_catalog_scores(
         ):
             return None
         return {s: (z[s], float(z[f"{s}_seconds"]) if f"{s}_seconds" in z.files else 0.0) for s in stages}
+
+
+def write_report(out: Path, result: dict[str, Any], text: str) -> None:
+    """The report's JSON at ``out`` and its Markdown beside it, each written atomically."""
+    atomic_write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), text)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -584,11 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     split = leave_one_out(data, order=config.order)
     stages = {s: stage_lists(run, split, s) for s in ("valid", "test")}
     if args.refit_of is not None:
-        keep = validation_record(args.refit_of, args.epochs)["best_epoch"]
-        if not args.skip_training:
-            train(args, split, stages, keep_epoch=keep)
-        record = json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
-        models = refit_models(args.refit_of, args.run_dir, stages)
+        valid_record = validation_record(args.refit_of, args.epochs)
+        if args.skip_training:
+            record = finished_record(args.run_dir)
+        else:
+            _, record = train(args, split, stages, keep_epoch=valid_record["best_epoch"])
+        models = refit_models(args.refit_of, valid_record, args.run_dir, stages)
     else:
         model, record = trained(args, split) if args.skip_training else train(args, split, stages)
         # The best epoch's scores were saved when it was validated; recomputed only if they are gone.
@@ -620,9 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{model}, {name}: NDCG@10 {row['ndcg@10'][0]:.4f}, "
                 f"vs fused-seq {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    write_report(args.out, result, markdown(result))
     return 0
 
 

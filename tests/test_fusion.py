@@ -83,3 +83,15 @@ def test_an_ensemble_refuses_members_that_scored_other_lists():
     other = RerankScores(np.array([0, 5]), a.candidates, a.scores, 0.0, 2)
     with pytest.raises(ValueError, match="same users"):
         mean_log_softmax([a, other])
+
+
+def test_mean_log_softmax_rows_weighs_each_matrix_as_log_probabilities():
+    from llmrec.evaluation.llm_stage import mean_log_softmax_rows
+
+    a = np.array([[100.0, 101.0, 99.0], [0.0, 0.0, 0.0]])  # a large scale: one nat for item 1
+    b = np.array([[0.0, -5.0, -5.0], [-1.0, -1.0, -1.0]])  # five nats for item 0
+    both = mean_log_softmax_rows([a, b])
+    assert both.shape == a.shape and int(np.argmax(both[0])) == 0
+    np.testing.assert_allclose(np.exp(both[1]).sum(), 1.0)  # uniform + uniform: still uniform
+    with pytest.raises(ValueError, match="one shape"):
+        mean_log_softmax_rows([a, b[:, :2]])

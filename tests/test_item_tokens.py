@@ -257,7 +257,7 @@ def test_refit_trains_on_the_test_stage_and_keeps_the_validation_runs_epoch(
         catalog=SimpleNamespace(titles=titles), sequences=lambda stage: asked.append(stage) or seqs[stage]
     )
     scored: list[Path] = []
-    monkeypatch.setattr(it, "score_test_stage", lambda model, stages, length, path: scored.append(path) or {})
+    monkeypatch.setattr(it, "score_test_stage", lambda model, stages, length, path: scored.append(path))
     monkeypatch.setattr(it, "validate", lambda *a: pytest.fail("a refit has no validation"))
     args = SimpleNamespace(
         rank=2, seed=0, lr=3e-3, length=5, batch=4, epochs=2, run_dir=tmp_path, resume=False
@@ -294,10 +294,11 @@ def test_refit_models_join_validation_runs_valid_scores_with_the_refits_test_sco
     (valid_run / "training.json").write_text(
         json.dumps({"best_epoch": 1, "epochs": epochs}), encoding="utf-8"
     )
-    assert it.validation_record(valid_run, 3)["best_epoch"] == 1
+    record = it.validation_record(valid_run, 3)
+    assert record["best_epoch"] == 1
     with pytest.raises(SystemExit, match="--epochs 4"):
         it.validation_record(valid_run, 4)
-    models = it.refit_models(valid_run, refit, stages)
+    models = it.refit_models(valid_run, record, refit, stages)
     best = models["best epoch (1), test-stage refit"]
     assert np.array_equal(best["valid"][0], v_scores[1]) and np.array_equal(best["test"][0], r_scores[1])
     ((name, ensemble),) = [(k, m) for k, m in models.items() if k.startswith("mean of epochs")]
@@ -306,4 +307,24 @@ def test_refit_models_join_validation_runs_valid_scores_with_the_refits_test_sco
     assert np.allclose(ensemble["test"][0], expected)
     (refit / "epoch-scores" / "2.npz").unlink()
     with pytest.raises(SystemExit, match="2.npz"):
-        it.refit_models(valid_run, refit, stages)
+        it.refit_models(valid_run, record, refit, stages)
+
+
+def test_catalog_scores_are_written_atomically_under_their_own_name(tmp_path):
+    from types import SimpleNamespace
+
+    lists = SimpleNamespace(users=np.array([3, 5]))
+    path = tmp_path / "epoch-scores" / "0.npz"
+    scores = np.arange(8, dtype=np.float32).reshape(2, 4)
+    it.save_catalog_scores(path, {"test": (scores, 1.5)}, {"test": lists})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["0.npz"]  # no temporary left behind
+    loaded = it.load_catalog_scores(path, {"test": lists})
+    assert loaded is not None and np.array_equal(loaded["test"][0], scores) and loaded["test"][1] == 1.5
+    assert it.load_catalog_scores(path, {"test": SimpleNamespace(users=np.array([3, 6]))}) is None
+
+
+def test_skip_training_without_a_finished_run_says_what_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="no training.json or best.pt"):
+        it.finished_record(tmp_path, "best.pt")
+    (tmp_path / "training.json").write_text('{"best_epoch": 2, "epochs": []}', encoding="utf-8")
+    assert it.finished_record(tmp_path)["best_epoch"] == 2

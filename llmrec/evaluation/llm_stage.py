@@ -87,6 +87,19 @@ def mean_log_softmax(members: Sequence[RerankScores]) -> RerankScores:
     )
 
 
+def mean_log_softmax_rows(matrices: Sequence[np.ndarray]) -> np.ndarray:
+    """An ensemble of score matrices of the same users and items (one row per user): the mean
+    of each matrix's row-wise log-softmax (training seeds, epochs of one run)."""
+    from scipy.special import log_softmax
+
+    first = np.shape(matrices[0])
+    if any(np.shape(m) != first for m in matrices):
+        raise ValueError(
+            f"an ensemble's score matrices must share one shape: {[np.shape(m) for m in matrices]}"
+        )
+    return np.mean([log_softmax(m, axis=1) for m in matrices], axis=0)
+
+
 def rerank_scores(
     recommender: Recommender, ranked: RankedUsers, histories: Sequence[History], params: RerankParams
 ) -> RerankScores:
