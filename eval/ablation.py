@@ -21,6 +21,9 @@ weights and combiner weights are fit on validation, so their validation numbers 
         --out eval/reports/ablation-ml-latest-small-gemma.json  # Gemma-3-270M's rows
     python eval/ablation.py --only-suites ml-latest-small-seeds \
         --out eval/reports/ablation-ml-latest-small-seeds.json  # two seeds and their mean
+    python eval/ablation.py --only-suites --item-token-reports \
+        eval/reports/item-tokens{,-seed1,-seed2}-ml-latest-small.json \
+        --out eval/reports/ablation-item-tokens-ml-latest-small.json  # the item-token LM, from its reports
 
 Fitted generators, candidate lists and LLM scores come from the evaluation cache that the
 suites named below fill (`llmrec evaluate eval/<suite>.yaml`); a missing piece is computed.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,13 +237,55 @@ def row_ranks(
     return combined_ranks(valid, names, w), combined_ranks(test, names, w), f"l2={l2:g}"
 
 
+def item_token_rows(path: Path) -> list[dict]:
+    """The rows of an ``eval/exp_item_tokens.py`` report (each model alone and fused with the
+    retriever order) in this table's form; its epoch and weight were chosen on validation."""
+    import json
+
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if "evaluation" not in report or "training" not in report:
+        raise SystemExit(f"--item-token-reports {path}: not a report of eval/exp_item_tokens.py")
+    args = report["args"]
+    refit = ", test-stage refit" if args.get("refit_of") else ""
+    out = []
+    for model, ev in report["evaluation"].items():
+        for combiner in ("alone", "score fusion"):
+            # what validation chose: "best epoch (5)" -> "epoch 5", "mean of epochs 5-9" -> "epochs 5-9"
+            chosen = re.match(r"best epoch \((\d+)\)|mean of (epochs \d+-\d+)", model)
+            fitted = (chosen[2] or f"epoch {chosen[1]}") if chosen else model
+            if combiner == "score fusion":
+                fitted += f", w={ev['fusion_weight']:g}"
+            row = Row("-", f"item-token LM, seed {args['seed']}{refit}", combiner, "SmolLM2-135M", "", model)
+            out.append(
+                {
+                    "row": row.__dict__,
+                    "retriever": "fused-seq",
+                    "fit_on_validation": fitted,
+                    "valid": ev["rows"][f"{combiner}, valid"],
+                    "test": ev["rows"][f"{combiner}, test"],
+                }
+            )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suites", type=Path, default=Path("eval"), help="folder holding the suite files")
     parser.add_argument("--out", type=Path, default=Path("eval/reports/ablation-ml-latest-small.json"))
     parser.add_argument("--l2", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     parser.add_argument("--bases", nargs="+", help="only the rows of these base models (and the no-LLM row)")
-    parser.add_argument("--only-suites", nargs="+", help="only the rows of these suites (names, no .yaml)")
+    parser.add_argument(
+        "--only-suites",
+        nargs="*",
+        help="only the rows of these suites (names, no .yaml; none: no suite rows)",
+    )
+    parser.add_argument(
+        "--item-token-reports",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="eval/exp_item_tokens.py reports whose rows follow the suites' (read, not recomputed)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     stages: dict[tuple[str, str], tuple[dict, dict]] = {}
@@ -250,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in ROWS:
         if args.bases and row.base not in (*args.bases, "-"):
             continue
-        if args.only_suites and row.suite not in args.only_suites:
+        if args.only_suites is not None and row.suite not in args.only_suites:
             continue
         if (row.suite, row.reranker) not in stages:
             suite = load_suite(args.suites / f"{row.suite}.yaml")
@@ -284,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             base[(name, stage)] = ref
             out[stage] = versus_retriever(ranks, data_["ranked"].ranks, len(data_["sel"]), resamples, seed)
         results.append(out)
+    for path in args.item_token_reports:
+        results += item_token_rows(path)
+    if not results:
+        raise SystemExit("no rows: name suites (--only-suites) or --item-token-reports")
 
     def cell(r: dict, stage: str, in_sample: bool) -> list[str]:
         m, lo, hi = r[stage]["ndcg@10"]
