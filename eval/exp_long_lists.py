@@ -51,6 +51,17 @@ FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 Scores = dict[str, np.ndarray]  # stage -> catalog scores, one row per stage user
 
 
+def suite_runs(suite: str) -> tuple[Any, Any, EvalRun, EvalRun]:
+    """The suite's config and split, its own run (top-20 lists) and the same run with lists of
+    ``max(LENGTHS)`` (one cache)."""
+    ((_, config),) = load_suite(suite).run_configs()[:1]
+    data = pipeline.prepare_data(config)
+    split = leave_one_out(data, order=config.order)
+    base = EvalRun(config, open_cache(config), data_fingerprint(data), {})
+    long = EvalRun(dataclasses.replace(config, num_candidates=max(LENGTHS)), base.cache, base.fingerprint, {})
+    return config, split, base, long
+
+
 def truncated(lists: StageLists, k: int) -> StageLists:
     """The same stage with the retriever's lists cut to their first ``k`` items (the ranks of
     the held-out items, against all items, do not change)."""
@@ -165,11 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ((_, config),) = load_suite(args.suite).run_configs()[:1]
-    data = pipeline.prepare_data(config)
-    split = leave_one_out(data, order=config.order)
-    base = EvalRun(config, open_cache(config), data_fingerprint(data), {})
-    long = EvalRun(dataclasses.replace(config, num_candidates=max(LENGTHS)), base.cache, base.fingerprint, {})
+    config, split, base, long = suite_runs(args.suite)
     lists: dict[str, dict[int, StageLists]] = {}
     for s in ("valid", "test"):
         full = stage_lists(long, split, s)
