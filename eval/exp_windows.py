@@ -146,14 +146,21 @@ def analyse(
     select, test = names[:n_select], names[n_select:]
     tables = {e: selection_table(s, lists, select) for e, s in enumerate(epochs)}
     epoch, k, w = best_choice(tables)
-    ensembles = {f: ensemble_scores(epochs, f) for f in range(len(epochs))}
-    ens_tables = {f: selection_table(s, lists, select) for f, s in ensembles.items()}
+    # One ensemble's scores at a time: each is every window's catalog scores.
+    ens_tables = {f: selection_table(ensemble_scores(epochs, f), lists, select) for f in range(len(epochs))}
     first, ek, ew = best_choice(ens_tables)
     last = len(epochs) - 1
     rows = [
         pooled_row(f"epoch {epoch}, primary", epochs[epoch], k, w, lists, select, test, boot),
         pooled_row(
-            f"mean of epochs {first}-{last}, secondary", ensembles[first], ek, ew, lists, select, test, boot
+            f"mean of epochs {first}-{last}, secondary",
+            ensemble_scores(epochs, first),
+            ek,
+            ew,
+            lists,
+            select,
+            test,
+            boot,
         ),
     ]
     return {
@@ -162,8 +169,10 @@ def analyse(
         "rows": rows,
         "selection_by_epoch": {str(e): max(t.values()) for e, t in tables.items()},
         "selection_grid": {f"{kk},{ww:g}": v for (kk, ww), v in tables[epoch].items()},
-        "retriever_ndcg@10": {n: float(ndcg_at_k(lists[n][20].ranked.ranks, 10).mean()) for n in names},
-        "catalog_ndcg@10": {n: catalog_ndcg(epochs[epoch][n], lists[n][20]) for n in names},
+        "retriever_ndcg@10": {
+            n: float(ndcg_at_k(lists[n][min(LENGTHS)].ranked.ranks, 10).mean()) for n in names
+        },
+        "catalog_ndcg@10": {n: catalog_ndcg(epochs[epoch][n], lists[n][min(LENGTHS)]) for n in names},
     }
 
 
