@@ -24,12 +24,13 @@ a run left in ``--run-dir`` (``epoch-scores/``) and writes the report.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from bench_train import cpu_flags, cpu_name  # eval/ scripts beside this one
-from exp_item_tokens import catalog_ndcg, finished_record, recipe_options, train, write_report
+from exp_item_tokens import SUITE, catalog_ndcg, finished_record, recipe_options, train, write_report
 from exp_long_lists import (
     FUSION_WEIGHTS,
     LENGTHS,
@@ -46,7 +47,7 @@ from llmrec.evaluation.llm_stage import mean_log_softmax_rows
 from llmrec.evaluation.metrics import ndcg_at_k
 from llmrec.evaluation.report import diff_cell
 from llmrec.evaluation.stats import bootstrap_indices, mean_ci, paired_difference
-from llmrec.io import atomic_write_figure
+from llmrec.io import atomic_write_figure, atomic_write_json
 
 Windows = dict[str, dict[int, StageLists]]  # window name -> K -> that window's lists cut to K
 
@@ -63,12 +64,39 @@ def window_lists(run: EvalRun, split, windows: int) -> Windows:
     users = np.arange(split.n_users)
     short = [u for u, seq in enumerate(split.full_sequences()) if len(seq) < windows + 2]
     if short:
-        raise SystemExit(f"{len(short)} users have fewer than {windows + 2} items: fewer --windows")
+        raise SystemExit(
+            f"{len(short)} users have fewer than {windows + 2} items (the {windows} windows and 2 before "
+            "them to train on): use fewer --windows"
+        )
     out: Windows = {}
     for back in range(windows - 1, -1, -1):
         lists = suite_stage_lists(run, split.shifted(back), "test", users, window=back)
         out[window_name(back)] = {k: truncated(lists, k) for k in LENGTHS}
     return out
+
+
+def training_split(split, windows: int):
+    """The split whose training part (``sequences("valid")``) is every user's sequence without
+    its last ``windows`` items: all the model may train on."""
+    return split.shifted(windows - 2)
+
+
+def same_windows(run_dir: Path, windows: int, select: int) -> None:
+    """Record a run dir's ``--windows`` and ``--select`` (``windows.json``), or stop when it holds
+    other ones: its saved scores are keyed by window position, so other windows would mislabel
+    them, and another selection, chosen after reading test, would not be the one fixed for it."""
+    path = run_dir / "windows.json"
+    wanted = {"windows": windows, "select": select}
+    if path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if found != wanted:
+            raise SystemExit(
+                f"{path}: this run dir holds a run with --windows {found['windows']} --select "
+                f"{found['select']}, not --windows {windows} --select {select}: "
+                "use those or another --run-dir"
+            )
+        return
+    atomic_write_json(path, wanted)
 
 
 def training_stages(lists: Windows) -> dict[str, StageLists]:
@@ -256,7 +284,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """exp_item_tokens' options (a ``--config`` recipe, overridden on the command line) and the windows'."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="eval/ml-latest-small-seeds.yaml")
+    parser.add_argument("--suite", default=SUITE)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--batch", type=int, default=16)
@@ -291,13 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     config, split, _, long = suite_runs(args.suite)
     lists = window_lists(long, split, args.windows)
     stages = training_stages(lists)
-    # Trained on what comes before the earliest window: split.shifted(w - 2)'s training part.
-    train_split = split.shifted(args.windows - 2)
+    same_windows(args.run_dir, args.windows, args.select)
     if args.skip_training:
         record = finished_record(args.run_dir)
     else:
-        _, record = train(args, train_split, stages)
+        _, record = train(args, training_split(split, args.windows), stages)
     epochs = load_epochs(args.run_dir, stages)
+    if len(epochs) < len(record["epochs"]):
+        raise SystemExit(f"{args.run_dir}: {len(epochs)} epochs' scores for {len(record['epochs'])} trained")
+    epochs = epochs[: len(record["epochs"])]  # not a longer earlier run's files left in epoch-scores/
     renamed = [{n: e[s] for n, s in zip(lists, stages)} for e in epochs]
     result: dict[str, Any] = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

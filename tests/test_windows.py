@@ -16,6 +16,7 @@ import exp_windows as ew  # noqa: E402
 from llmrec.data.split import _split_sequences  # noqa: E402
 from llmrec.evaluation.experiment import StageLists  # noqa: E402
 from llmrec.evaluation.retrieval import RankedUsers  # noqa: E402
+from llmrec.evaluation.stats import bootstrap_indices, paired_difference  # noqa: E402
 
 N_ITEMS = 6
 
@@ -52,18 +53,40 @@ def test_the_window_b_steps_back_is_the_shifted_splits_test_stage():
         ]
     # b = 1 is the protocol's validation stage, b = 0 its test stage
     assert split.shifted(1).test.tolist() == split.valid.tolist()
-    # the model trains on what comes before the earliest of 5 windows
-    assert [t.tolist() for t in split.shifted(3).train] == [s[:-5].tolist() for s in seqs]
+    # the model trains on what comes before the earliest window, whatever the number of windows
+    for windows in (3, 5):
+        trained_on = ew.training_split(split, windows).sequences("valid")
+        assert [t.tolist() for t in trained_on] == [s[:-windows].tolist() for s in seqs]
     assert [ew.window_name(b) for b in (4, 0)] == ["n-5", "n-1"]
+
+
+def test_windows_come_earliest_first_each_from_its_shifted_split(monkeypatch):
+    seqs = [np.arange(10), np.arange(20, 32)]
+    split = _split_sequences(None, np.array(["a", "b"]), seqs)
+    calls = []
+
+    def fake_stage_lists(run, shifted, stage, users, window):
+        calls.append((stage, window))
+        return _lists([int(t) % N_ITEMS for t in shifted.test])
+
+    monkeypatch.setattr(ew, "suite_stage_lists", fake_stage_lists)
+    lists = ew.window_lists(None, split, 3)
+    assert list(lists) == ["n-3", "n-2", "n-1"]  # the earliest first: the selection windows lead
+    assert calls == [("test", 2), ("test", 1), ("test", 0)]
+    assert lists["n-1"][20].targets.tolist() == [9 % N_ITEMS, 31 % N_ITEMS]
+    with pytest.raises(SystemExit, match="fewer --windows"):
+        ew.window_lists(None, split, 9)  # the first user has 10 items, 11 needed
 
 
 def test_only_the_selection_windows_choose_and_the_test_is_each_users_mean_over_the_others():
     targets = {"n-3": [2, 3], "n-2": [1, 4], "n-1": [5, 2]}
     lists = _windows(targets)
     sure = {n: _sure_of(ts) for n, ts in targets.items()}
+    last = {n: -_sure_of(ts) for n, ts in targets.items()}  # each target ranked last
     blank = np.zeros((2, N_ITEMS), dtype=np.float32)
-    # epoch 0 knows every window; epoch 1 only the test windows: the selection window picks epoch 0
-    epochs = [sure, {**sure, "n-3": blank}]
+    # epoch 0 knows the selection window and ranks the test targets last; epoch 1 the reverse.
+    # Chosen on every window, epoch 1 would win; on the selection window, epoch 0 does.
+    epochs = [{**last, "n-3": sure["n-3"]}, {**sure, "n-3": blank}]
     result = ew.analyse(epochs, lists, n_select=1, boot=(200, 0))
     primary = result["rows"][0]
     assert result["select_windows"] == ["n-3"] and result["test_windows"] == ["n-2", "n-1"]
@@ -71,11 +94,37 @@ def test_only_the_selection_windows_choose_and_the_test_is_each_users_mean_over_
     assert primary["weight"] == max(ew.FUSION_WEIGHTS)  # every weight ties at 1.0: the largest
     assert primary["selection"]["ndcg@10"][0] == pytest.approx(1.0)
     assert result["selection_by_epoch"]["1"] < 1.0
-    # test: every target first after reranking; fused-seq's NDCG@10 averaged over the test windows per user
+    # test: every test target last of the 6 after reranking; fused-seq's NDCG@10 averaged over the
+    # test windows per user, then paired over users
     ref = np.mean([[1 / np.log2(t + 2) for t in targets[n]] for n in ("n-2", "n-1")], axis=0)
-    assert primary["test"]["diff_vs_retriever"][0] == pytest.approx(float(np.mean(1.0 - ref)))
+    diff = 1 / np.log2(7) - ref
+    assert primary["test"]["diff_vs_retriever"][0] == pytest.approx(float(diff.mean()))
     assert primary["test"]["retriever_ndcg@10"][0] == pytest.approx(float(ref.mean()))
     assert set(primary["windows"]) == set(targets)
+
+
+def test_the_bootstrap_resamples_users_not_user_windows():
+    # users 0-4 gain in both test windows, users 5-9 in neither: the unit of resampling is the
+    # user (both windows together), which gives a wider CI than resampling the 20 user-windows
+    n = 10
+    targets = {"n-3": [0] * n, "n-2": [5] * n, "n-1": [5] * n}
+    lists = _windows(targets)
+    scores = {name: _sure_of(ts) for name, ts in targets.items()}
+    for name in ("n-2", "n-1"):
+        scores[name][5:] = 0.0  # users 5-9: the retriever's order
+    d = ew.analyse([scores], lists, n_select=1, boot=(400, 0))["rows"][0]["test"]["diff_vs_retriever"]
+    gain = np.where(np.arange(n) < 5, 1.0 - 1 / np.log2(7), 0.0)
+    by_user = paired_difference(gain, np.zeros(n), bootstrap_indices(n, 400, 0))
+    by_window = paired_difference(np.tile(gain, 2), np.zeros(2 * n), bootstrap_indices(2 * n, 400, 0))
+    assert d == pytest.approx(by_user)
+    assert d[2] - d[1] > by_window[2] - by_window[1]
+
+
+def test_a_run_dir_keeps_its_windows_and_selection(tmp_path):
+    ew.same_windows(tmp_path / "run", 5, 2)
+    ew.same_windows(tmp_path / "run", 5, 2)  # the same: fine
+    with pytest.raises(SystemExit, match="--windows 5 --select 2"):
+        ew.same_windows(tmp_path / "run", 5, 3)
 
 
 def test_training_stages_name_the_earliest_window_valid_and_keep_the_top_20():
